@@ -1,0 +1,9 @@
+"""Optimizer benchmark: tune and compare SGD, Adagrad and RMSProp on the airfoil data (D2L ch. 11)."""
+import os
+
+# Set before TensorFlow is imported anywhere. oneDNN's custom kernels may reorder float sums between
+# runs; our training runs through XLA anyway, so turning them off costs nothing and removes a source
+# of run-to-run differences (and its start-up notice). Level 2 hides TensorFlow's start-up chatter.
+# setdefault: a user who wants either back can still set it.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

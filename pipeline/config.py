@@ -1,0 +1,123 @@
+"""params.yaml, validated once at the edge into typed, frozen objects.
+
+Nothing below this module reads YAML or the environment: stages receive these objects. Every
+problem is reported as one line naming the key and the fix.
+"""
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+
+import yaml
+
+from pipeline import optimizers
+from pipeline.errors import PipelineError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParams:
+    url: str
+    sha1: str
+    n_rows: int
+    timeout_s: float
+    retries: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    """The training protocol the engine follows (the book's train_ch11 by default)."""
+
+    batch_size: int
+    epochs: int
+    record_every: int  # examples between loss records
+    init: str  # "normal": w ~ N(0, init_std); "zeros": w = 0; b = 0 either way
+    init_std: float
+    diverge_factor: float  # a run whose loss ever exceeds this multiple of its starting loss diverged
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    data: DataParams
+    train: TrainParams
+    book: dict  # optimizer -> {hyperparameter: value}, the book's hand-picked settings
+
+
+def _fail(where: str, message: str) -> typing.NoReturn:
+    raise PipelineError(f"params.yaml: {where}: {message}")
+
+
+def _build(cls, raw, where: str):
+    """Build dataclass `cls` from a mapping, rejecting unknown, missing and mistyped keys."""
+    if not isinstance(raw, dict):
+        _fail(where, f"expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            fix = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields)}"
+            _fail(f"{where}.{key}", f"unknown key; {fix}")
+    values = {}
+    for name in fields:
+        if name not in raw:
+            _fail(f"{where}.{name}", "missing")
+        values[name] = _coerce(hints[name], raw[name], f"{where}.{name}")
+    return cls(**values)
+
+
+def _coerce(hint, value, where: str):
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, dict) and isinstance(value, hint) and not isinstance(value, bool):
+        return value
+    _fail(where, f"expected {hint.__name__}, got {value!r}")
+
+
+def _positive(where: str, value) -> None:
+    if value <= 0:
+        _fail(where, f"must be positive, got {value}")
+
+
+def validate_train(train: TrainParams) -> None:
+    for key in ("batch_size", "epochs", "record_every", "init_std", "diverge_factor"):
+        _positive(f"train.{key}", getattr(train, key))
+    if train.init not in ("normal", "zeros"):
+        _fail("train.init", f"expected 'normal' or 'zeros', got {train.init!r}")
+
+
+def _validate_book(book: dict) -> dict:
+    checked = {}
+    for name, hyper in book.items():
+        opt = optimizers.get(name)
+        if not isinstance(hyper, dict) or set(hyper) != set(opt.hyperparams):
+            _fail(f"book.{name}", f"expected exactly {', '.join(opt.hyperparams)}, got {hyper!r}")
+        checked[name] = {k: _coerce(float, v, f"book.{name}.{k}") for k, v in hyper.items()}
+    return checked
+
+
+def parse_params(raw) -> Params:
+    params = _build(Params, raw, "params")
+    for key in ("n_rows", "timeout_s"):
+        _positive(f"data.{key}", getattr(params.data, key))
+    if params.data.retries < 0:
+        _fail("data.retries", f"must be 0 or more, got {params.data.retries}")
+    if len(params.data.sha1) != 40:
+        _fail("data.sha1", "expected a 40-character hex SHA-1")
+    validate_train(params.train)
+    return dataclasses.replace(params, book=_validate_book(params.book))
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path} not found: run from the project root") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PipelineError(f"{path}: malformed YAML{at}: {getattr(e, 'problem', e)}") from None
+    return parse_params(raw)
