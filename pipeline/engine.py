@@ -1,0 +1,195 @@
+"""The one training engine: the book's `train_ch11` for K configurations at once.
+
+Model and protocol are the book's: linear regression y_hat = X w + b, w ~ N(0, init_std), b = 0,
+minibatches of `batch_size` rows reshuffled every epoch, and the loss mean((y_hat - y)^2 / 2) over
+all training rows recorded every `record_every` examples, together with every coordinate's
+effective learning rate. K configurations (a vector of hyperparameters and seeds) train side by side
+in one XLA-compiled loop; rows never mix, so one batched call equals K single calls.
+
+Randomness comes only from each configuration's seed, through TensorFlow's stateless RNG: the
+seed fixes the initial weights and every epoch's permutation. Configurations that share a seed see
+the same batches (common random numbers), which makes comparisons between hyperparameters fairer.
+"""
+import functools
+import math
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline import optimizers
+from pipeline.config import TrainParams
+from pipeline.data import Dataset
+
+
+class TrainResult(NamedTuple):
+    examples: np.ndarray  # (R,) examples seen at each record
+    losses: np.ndarray  # (K, R) training loss over all rows at each record (float64)
+    effective_lr: np.ndarray  # (K, R, P) per-coordinate effective lr at each record, P = d + 1 (w..., b)
+    params: np.ndarray  # (K, P) final parameters (w..., b)
+    diverged: np.ndarray  # (K,) True where the run hit inf/NaN or blew up (see TrainParams.diverge_factor)
+
+    @property
+    def final_loss(self) -> np.ndarray:
+        """(K,) last recorded loss, NaN where the run diverged."""
+        return np.where(self.diverged, np.nan, self.losses[:, -1])
+
+
+class Schedule(NamedTuple):
+    """Static shape of one training run, derived from the data size and the protocol."""
+
+    steps_per_epoch: int
+    step_rows: np.ndarray  # (T,) rows in each step's batch (the last of an epoch may be short)
+    record_slot: np.ndarray  # (T,) index of the record written after each step, R for "none"
+    examples: np.ndarray  # (R,) examples seen at each record
+
+
+def schedule(n_rows: int, protocol: TrainParams) -> Schedule:
+    b = protocol.batch_size
+    steps_per_epoch = math.ceil(n_rows / b)
+    rows = np.full(steps_per_epoch, b)
+    rows[-1] = n_rows - b * (steps_per_epoch - 1)
+    step_rows = np.tile(rows, protocol.epochs)
+    seen = np.cumsum(step_rows)
+    recorded = seen % protocol.record_every == 0  # the book: `if n % 200 == 0`
+    recorded[-1] = True  # always record the end, even when record_every does not divide it
+    record_slot = np.where(recorded, np.cumsum(recorded) - 1, recorded.sum())
+    return Schedule(steps_per_epoch, step_rows, record_slot.astype(np.int32), seen[recorded])
+
+
+@functools.lru_cache(maxsize=4096)
+def seed_stream(seed: int, n_rows: int, n_features: int, protocol: TrainParams):
+    """What a seed decides: initial parameters (P,) and batch row indices (epochs, steps, batch).
+
+    Cached: studies reuse the same few seeds for every trial.
+    """
+    w = protocol.init_std * tf.random.stateless_normal((n_features,), seed=(seed, 0), dtype=tf.float32)
+    if protocol.init == "zeros":
+        w = tf.zeros_like(w)
+    theta0 = np.concatenate([w.numpy(), [0.0]]).astype(np.float32)
+    steps, b = math.ceil(n_rows / protocol.batch_size), protocol.batch_size
+    epochs = []
+    for epoch in range(protocol.epochs):
+        keys = tf.random.stateless_uniform((n_rows,), seed=(seed, epoch + 1))
+        perm = tf.argsort(keys, stable=True).numpy().astype(np.int32)
+        epochs.append(np.pad(perm, (0, steps * b - n_rows)).reshape(steps, b))  # pad rows are masked
+    return theta0, np.stack(epochs)
+
+
+def _bucket(k: int) -> int:
+    """Pad batch sizes to powers of two so XLA compiles a handful of shapes, not one per K."""
+    return 1 << max(0, (k - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(optimizer_name: str):
+    opt = optimizers.get(optimizer_name)
+
+    @tf.function(jit_compile=True, reduce_retracing=True)
+    def run(xs, y, gram, batches, step_rows, record_slot, seed_index, theta0, hyper):
+        # xs (n, P) features with a ones column; gram (P+1, P+1) = [xs, y]^T [xs, y] / n, float64
+        # batches (T, S, B) row indices per seed; seed_index (K,); theta0 (S, P); hyper name -> (K, 1)
+        n_steps, n_records = tf.shape(batches)[0], tf.reduce_max(record_slot)
+        k, p = tf.shape(seed_index)[0], tf.shape(xs)[1]
+        theta = tf.gather(theta0, seed_index)
+        state = opt.init(theta)
+        losses = tf.zeros((n_records + 1, k), tf.float64)  # the extra row is a sink for "no record"
+        eff_lr = tf.zeros((n_records + 1, k, p), tf.float32)
+        width = tf.shape(batches)[2]
+        lanes = tf.range(width)
+
+        def step(t, theta, state, losses, eff_lr):
+            rows = tf.gather(batches[t], seed_index)  # (K, B)
+            xb, yb = tf.gather(xs, rows), tf.gather(y, rows)  # (K, B, P), (K, B)
+            count = step_rows[t]
+            mask = tf.cast(lanes < count, tf.float32)
+            residual = (tf.reduce_sum(xb * theta[:, None, :], axis=2) - yb) * mask
+            grads = tf.reduce_sum(residual[:, :, None] * xb, axis=1) / tf.cast(count, tf.float32)
+            delta, state = opt.update(grads, state, hyper)
+            theta = theta + delta
+            # Loss over all rows from the Gram matrix: 0.5 * v^T G v with v = (w, b, -1) equals
+            # mean((X w + b - y)^2) / 2, at O(P^2) per configuration instead of O(n P).
+            v = tf.concat([tf.cast(theta, tf.float64), -tf.ones((k, 1), tf.float64)], axis=1)
+            # Elementwise, not matmul: a dot kernel may sum in a K-dependent order, and one batched
+            # call must equal K single calls bit for bit.
+            loss = 0.5 * tf.reduce_sum(v[:, :, None] * gram * v[:, None, :], axis=[1, 2])
+            slot = [[record_slot[t]]]
+            losses = tf.tensor_scatter_nd_update(losses, slot, loss[None])
+            lr_now = tf.broadcast_to(opt.effective_lr(state, hyper), tf.shape(theta))
+            eff_lr = tf.tensor_scatter_nd_update(eff_lr, slot, lr_now[None])
+            return t + 1, theta, state, losses, eff_lr
+
+        _, theta, _, losses, eff_lr = tf.while_loop(
+            lambda t, *_: t < n_steps, step, (tf.constant(0), theta, state, losses, eff_lr)
+        )
+        return theta, losses[:-1], eff_lr[:-1]
+
+    return run
+
+
+def train(
+    dataset: Dataset,
+    optimizer: str,
+    hyper: dict,
+    seeds,
+    protocol: TrainParams,
+) -> TrainResult:
+    """Train K configurations: hyper maps each of the optimizer's hyperparameters to K values (or
+    one value for all), seeds gives K seeds (or one)."""
+    opt = optimizers.get(optimizer)
+    missing = set(opt.hyperparams) - set(hyper)
+    if missing:
+        raise ValueError(f"{optimizer} needs hyperparameters {sorted(missing)}")
+    seeds = np.atleast_1d(np.asarray(seeds, dtype=np.int64))
+    values = {name: np.atleast_1d(np.asarray(hyper[name], dtype=np.float32)) for name in opt.hyperparams}
+    k = max([len(seeds)] + [len(v) for v in values.values()])
+    seeds = np.broadcast_to(seeds, (k,))
+    values = {name: np.broadcast_to(v, (k,)) for name, v in values.items()}
+
+    n_rows, n_features = dataset.features.shape
+    sched = schedule(n_rows, protocol)
+    unique_seeds, seed_index = np.unique(seeds, return_inverse=True)
+    streams = [seed_stream(int(s), n_rows, n_features, protocol) for s in unique_seeds]
+    theta0 = np.stack([s[0] for s in streams])
+    batches = np.stack([s[1].reshape(-1, protocol.batch_size) for s in streams], axis=1)  # (T, S, B)
+
+    # Pad K and S to powers of two by repeating the first entry: padded rows train and are dropped.
+    kb, sb = _bucket(k), _bucket(len(unique_seeds))
+    pad_k = lambda a: np.concatenate([a, np.repeat(a[:1], kb - k, axis=0)])
+    theta0 = np.concatenate([theta0, np.repeat(theta0[:1], sb - len(theta0), axis=0)])
+    batches = np.concatenate([batches, np.repeat(batches[:, :1], sb - batches.shape[1], axis=1)], axis=1)
+
+    xs = np.concatenate([dataset.features, np.ones((n_rows, 1), np.float32)], axis=1)
+    gram = gram_matrix(dataset)
+    theta, losses, eff_lr = _compiled(optimizer)(
+        tf.constant(xs),
+        tf.constant(dataset.target),
+        tf.constant(gram),
+        tf.constant(batches),
+        tf.constant(sched.step_rows.astype(np.int32)),
+        tf.constant(sched.record_slot),
+        tf.constant(pad_k(seed_index.astype(np.int32))),
+        tf.constant(theta0),
+        {name: tf.constant(pad_k(v)[:, None]) for name, v in values.items()},
+    )
+    theta, losses, eff_lr = theta.numpy()[:k], losses.numpy().T[:k], eff_lr.numpy().transpose(1, 0, 2)[:k]
+    start = _loss(gram, theta0[seed_index])
+    with np.errstate(invalid="ignore"):
+        blew_up = (losses > protocol.diverge_factor * start[:, None]).any(axis=1)
+    diverged = ~(np.isfinite(losses).all(axis=1) & np.isfinite(theta).all(axis=1)) | blew_up
+    return TrainResult(sched.examples, losses, eff_lr, theta, diverged)
+
+
+def gram_matrix(dataset: Dataset) -> np.ndarray:
+    """[X, 1, y]^T [X, 1, y] / n in float64: the training loss of any (w, b) is 0.5 v^T G v."""
+    n = len(dataset.target)
+    z = np.concatenate(
+        [dataset.features, np.ones((n, 1)), dataset.target[:, None]], axis=1, dtype=np.float64
+    )
+    return z.T @ z / n
+
+
+def _loss(gram: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Training loss of each row of theta (K, P), from the Gram matrix."""
+    v = np.concatenate([theta.astype(np.float64), -np.ones((len(theta), 1))], axis=1)
+    return 0.5 * np.einsum("ki,ij,kj->k", v, gram, v)

@@ -1,0 +1,77 @@
+"""The book's eager `train_ch11` / `train_concise_ch11`: a Python loop over a tf.data pipeline with
+GradientTape, one configuration at a time.
+
+It is not used to produce results. It is the reference the engine is checked against (same seed
+stream, so the same initial weights and batches) and the baseline the benchmarks measure, and it is
+how Keras's built-in optimizers are run for the "framework" comparison.
+"""
+import numpy as np
+import tensorflow as tf
+
+from pipeline import optimizers
+from pipeline.config import TrainParams
+from pipeline.data import Dataset
+from pipeline.engine import TrainResult, schedule, seed_stream
+
+
+def keras_optimizer(name: str, hyper: dict):
+    """The Keras built-in configured to the book's formula (eps inside the root, state from 0)."""
+    eps = optimizers.EPS
+    if name == "sgd":
+        return tf.keras.optimizers.SGD(learning_rate=hyper["lr"])
+    if name == "momentum":
+        return tf.keras.optimizers.SGD(learning_rate=hyper["lr"], momentum=hyper["beta"])
+    if name == "adagrad":
+        return tf.keras.optimizers.Adagrad(learning_rate=hyper["lr"], initial_accumulator_value=0.0, epsilon=eps)
+    if name == "rmsprop":
+        return tf.keras.optimizers.RMSprop(learning_rate=hyper["lr"], rho=hyper["gamma"], epsilon=eps)
+    raise ValueError(f"no Keras counterpart for {name!r}")
+
+
+def train_eager(dataset: Dataset, optimizer: str, hyper: dict, seed: int, protocol: TrainParams,
+                use_keras: bool = False) -> TrainResult:
+    n_rows, n_features = dataset.features.shape
+    theta0, batches = seed_stream(int(seed), n_rows, n_features, protocol)
+    w = tf.Variable(theta0[:-1, None])
+    b = tf.Variable(theta0[-1:])
+    net = lambda x: tf.matmul(x, w) + b
+    squared_loss = lambda y_hat, y: (y_hat - tf.reshape(y, y_hat.shape)) ** 2 / 2
+
+    if use_keras:
+        keras_opt = keras_optimizer(optimizer, hyper)
+        apply = lambda grads: keras_opt.apply_gradients(zip(grads, [w, b]))
+    else:
+        opt = optimizers.get(optimizer)
+        h = {name: tf.constant([[hyper[name]]], tf.float32) for name in opt.hyperparams}
+        state = [opt.init(tf.reshape(v, (1, -1))) for v in (w, b)]
+
+        def apply(grads):
+            for i, (v, g) in enumerate(zip((w, b), grads)):
+                delta, state[i] = opt.update(tf.reshape(g, (1, -1)), state[i], h)
+                v.assign_add(tf.reshape(delta, v.shape))
+
+    def evaluate_loss(data_iter):  # the book's: sum of per-example losses over all batches
+        total, count = 0.0, 0
+        for x, y in data_iter:
+            l = squared_loss(net(x), y)
+            total, count = total + float(tf.reduce_sum(l)), count + int(tf.size(l))
+        return total / count
+
+    examples, losses, seen = [], [], 0
+    for epoch in range(protocol.epochs):
+        order = batches[epoch].reshape(-1)[:n_rows]  # the engine's permutation for this epoch
+        data_iter = tf.data.Dataset.from_tensor_slices(
+            (dataset.features[order], dataset.target[order])
+        ).batch(protocol.batch_size)
+        for x, y in data_iter:
+            with tf.GradientTape() as tape:
+                l = tf.reduce_mean(squared_loss(net(x), y))
+            apply(tape.gradient(l, [w, b]))
+            seen += int(x.shape[0])
+            if seen % protocol.record_every == 0:
+                examples.append(seen)
+                losses.append(evaluate_loss(data_iter))
+    theta = np.concatenate([w.numpy()[:, 0], b.numpy()])[None]
+    losses = np.array([losses])
+    diverged = ~np.isfinite(losses).all(axis=1)
+    return TrainResult(np.array(examples), losses, np.empty((1, len(examples), 0)), theta, diverged)

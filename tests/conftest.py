@@ -1,0 +1,64 @@
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipeline import config, data, download, prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def airfoil_source() -> str | None:
+    """The offline mirror from AIRFOIL_MIRROR (relative paths are from the project root), if set."""
+    mirror = os.environ.get(download.MIRROR_ENV)
+    if mirror and "://" not in mirror:
+        mirror = str((ROOT / mirror).resolve())
+    return mirror
+
+
+@pytest.fixture(scope="session")
+def params() -> config.Params:
+    return config.load_params(ROOT / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def raw_file(tmp_path_factory, params) -> Path:
+    """The real airfoil file, fetched by the real download code (from the mirror when offline)."""
+    dest = tmp_path_factory.mktemp("raw") / "airfoil_self_noise.dat"
+    download.download(params.data.url, params.data.sha1, dest, mirror=airfoil_source(),
+                      timeout=params.data.timeout_s, retries=1, backoff=0.1)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory, raw_file, params) -> data.Dataset:
+    out = tmp_path_factory.mktemp("prepared")
+    prepare.prepare(raw_file, out, params.data.n_rows)
+    return data.load_prepared(out)
+
+
+@pytest.fixture
+def project_copy(tmp_path) -> Path:
+    """The committed project (plus uncommitted edits), copied into a fresh git repository."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    dest = tmp_path / "project"
+    for name in files:
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
+                   cwd=dest, check=True)
+    return dest
+
+
+def run_env(**extra) -> dict:
+    env = dict(os.environ)
+    if airfoil_source():
+        env[download.MIRROR_ENV] = airfoil_source()
+    env.update(extra)
+    return env

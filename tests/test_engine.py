@@ -1,0 +1,115 @@
+"""The training engine: the book's numbers, reproducibility, batching and divergence."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline import engine, reference
+from conftest import ROOT, run_env
+
+
+def test_book_rmsprop_run_ends_near_0245(dataset, params):
+    result = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [0, 1, 2, 3, 4], params.train)
+    assert list(result.examples) == list(range(200, 3001, 200))
+    assert result.losses.shape == (5, 15) and result.effective_lr.shape == (5, 15, 6)
+    assert ((result.final_loss > 0.240) & (result.final_loss < 0.255)).all(), result.final_loss
+    assert not result.diverged.any()
+    # Never below the least-squares floor; above it by a little.
+    floor = dataset.stats["least_squares"]["loss"]
+    assert (result.losses > floor).all()
+
+
+def test_loss_equals_direct_mean_over_all_rows(dataset, params):
+    result = engine.train(dataset, "adagrad", {"lr": 0.1}, [7], params.train)
+    w, b = result.params[0, :-1].astype(np.float64), result.params[0, -1]
+    direct = np.mean((dataset.features @ w + b - dataset.target) ** 2) / 2
+    assert result.final_loss[0] == pytest.approx(direct, rel=1e-6)
+
+
+def test_engine_matches_the_books_eager_loop(dataset, params):
+    ours = engine.train(dataset, "sgd", {"lr": 0.05}, [11], params.train)
+    book = reference.train_eager(dataset, "sgd", {"lr": 0.05}, 11, params.train)
+    np.testing.assert_allclose(ours.losses, book.losses, rtol=2e-6)
+
+
+def test_short_last_batch_is_handled_like_the_book(dataset, params):
+    """batch 7 does not divide 1500: the last batch of each epoch has 2 rows, as tf.data gives."""
+    protocol = params.train.__class__(**{**params.train.__dict__, "batch_size": 7, "record_every": 100})
+    ours = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [1], protocol)
+    book = reference.train_eager(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, 1, protocol)
+    assert list(ours.examples) == [700, 1400, 1500, 2200, 2900, 3000]  # seen % 100 == 0, as the book counts
+    np.testing.assert_array_equal(ours.examples, book.examples)
+    np.testing.assert_allclose(ours.losses, book.losses, rtol=5e-6)
+
+
+def test_same_seed_same_bits_different_seed_different_run(dataset, params):
+    a = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [5], params.train)
+    b = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [5], params.train)
+    c = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [6], params.train)
+    assert a.losses.tobytes() == b.losses.tobytes()
+    assert a.effective_lr.tobytes() == b.effective_lr.tobytes()
+    assert not np.array_equal(a.losses, c.losses)
+
+
+def test_batched_call_equals_single_calls(dataset, params):
+    lrs = np.array([0.003, 0.01, 0.03, 0.01, 0.2])
+    gammas = np.array([0.9, 0.5, 0.99, 0.9, 0.95])
+    seeds = np.array([0, 1, 2, 0, 9])
+    batched = engine.train(dataset, "rmsprop", {"lr": lrs, "gamma": gammas}, seeds, params.train)
+    for i in range(len(lrs)):
+        single = engine.train(dataset, "rmsprop", {"lr": lrs[i], "gamma": gammas[i]}, [seeds[i]], params.train)
+        np.testing.assert_array_equal(batched.losses[i], single.losses[0])
+        np.testing.assert_array_equal(batched.effective_lr[i], single.effective_lr[0])
+        np.testing.assert_array_equal(batched.params[i], single.params[0])
+
+
+def test_divergence_is_flagged_per_configuration(dataset, params):
+    result = engine.train(dataset, "sgd", {"lr": [1.0, 0.05, 3.0]}, [0], params.train)
+    assert list(result.diverged) == [True, False, True]
+    assert np.isnan(result.final_loss[[0, 2]]).all() and np.isfinite(result.final_loss[1])
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=run_env(),
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def prepared_project(tmp_path_factory, raw_file):
+    """A project directory holding params.yaml and prepared data, made by the real commands."""
+    import shutil
+    root = tmp_path_factory.mktemp("cli")
+    shutil.copy(ROOT / "params.yaml", root)
+    (root / "data/raw").mkdir(parents=True)
+    shutil.copy(raw_file, root / "data/raw/airfoil_self_noise.dat")
+    assert _cli("prepare", cwd=root).returncode == 0
+    return root
+
+
+def test_train_command_json_is_reproducible_across_processes(prepared_project):
+    runs = [_cli("train", "--optimizer", "rmsprop", "--lr", "0.01", "--gamma", "0.9", "--seed", "4", "--json",
+                 cwd=prepared_project) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    first, second = (json.loads(r.stdout) for r in runs)
+    assert first == second
+    assert first["examples"] == list(range(200, 3001, 200))
+    assert len(first["losses"]) == 15 and first["final_loss"] == first["losses"][-1]
+    assert len(first["effective_lr"]) == 15 and len(first["effective_lr"][0]) == 6
+    assert 0.240 < first["final_loss"] < 0.255
+
+
+def test_train_command_reports_divergence_not_a_number(prepared_project):
+    text = _cli("train", "--optimizer", "sgd", "--lr", "1", cwd=prepared_project)
+    assert text.returncode == 0 and text.stdout.startswith("diverged")
+    as_json = json.loads(_cli("train", "--optimizer", "sgd", "--lr", "1", "--json", cwd=prepared_project).stdout)
+    assert as_json["diverged"] is True and as_json["final_loss"] is None
+
+
+def test_quadratic_command_prints_line_and_saves_trace(prepared_project, tmp_path):
+    out = _cli("quadratic", "--optimizer", "rmsprop", "--eta", "0.4", "--gamma", "0.9",
+               "--trace", str(tmp_path / "trace.csv"), cwd=prepared_project)
+    assert out.stdout.strip() == "epoch 20, x1: -0.010599, x2: 0.000000"
+    trace = np.loadtxt(tmp_path / "trace.csv", delimiter=",", skiprows=1)
+    assert trace.shape == (21, 4) and trace[-1, 1] == pytest.approx(-0.010599, abs=1e-6)
