@@ -1,0 +1,170 @@
+"""`python -m pipeline <command>`: thin commands over the stage functions. DVC stages call these."""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from pipeline import config, data
+from pipeline.errors import PipelineError
+
+
+def cmd_download(args, params: config.Params) -> None:
+    from pipeline import download
+
+    source = download.download(
+        params.data.url,
+        params.data.sha1,
+        data.RAW_PATH,
+        mirror=os.environ.get(download.MIRROR_ENV) or None,
+        timeout=params.data.timeout_s,
+        retries=params.data.retries,
+    )
+    print(f"downloaded {data.RAW_PATH} from {source} (SHA-1 verified)")
+
+
+def cmd_prepare(args, params: config.Params) -> None:
+    from pipeline import prepare
+
+    stats = prepare.prepare(data.RAW_PATH, data.PREPARED_DIR, params.data.n_rows)
+    floor = stats["least_squares"]["loss"]
+    print(f"prepared {stats['rows']} of {stats['rows_in_file']} rows; least-squares floor {floor:.6f}")
+
+
+def _hyper(args, params: config.Params) -> dict:
+    """Hyperparameters from the flags, falling back to the book's settings in params.yaml."""
+    from pipeline import optimizers
+
+    opt = optimizers.get(args.optimizer)
+    book = params.book.get(args.optimizer, {})
+    hyper = {}
+    for name in opt.hyperparams:
+        value = getattr(args, name, None)
+        if value is None:
+            value = book.get(name)
+        if value is None:
+            raise PipelineError(f"{args.optimizer} needs --{name} (no book default in params.yaml)")
+        hyper[name] = value
+    return hyper
+
+
+def cmd_train(args, params: config.Params) -> None:
+    import dataclasses
+
+    from pipeline import engine
+
+    protocol = dataclasses.replace(
+        params.train,
+        **{k: v for k, v in (("batch_size", args.batch_size), ("epochs", args.epochs), ("init", args.init)) if v is not None},
+    )
+    config.validate_train(protocol)
+    hyper = _hyper(args, params)
+    result = engine.train(data.load_prepared(), args.optimizer, hyper, [args.seed], protocol)
+    diverged = bool(result.diverged[0])
+    if args.json:
+        print(json.dumps({
+            "optimizer": args.optimizer,
+            "hyperparameters": hyper,
+            "seed": args.seed,
+            "diverged": diverged,
+            "final_loss": None if diverged else float(result.final_loss[0]),
+            "examples": result.examples.tolist(),
+            "losses": [x if np.isfinite(x) else None for x in result.losses[0].tolist()],
+            "effective_lr": [[x if np.isfinite(x) else None for x in row] for row in result.effective_lr[0].tolist()],
+        }))
+    elif diverged:
+        print("diverged: the loss became inf/NaN (try a smaller --lr)")
+    else:
+        print(f"loss: {result.final_loss[0]:.6f}")
+
+
+def cmd_quadratic(args, params: config.Params) -> None:
+    from pipeline import quadratic
+
+    path = quadratic.trace(args.optimizer, _hyper(args, params) | {"lr": args.eta}, args.steps)
+    print(quadratic.book_line(path))
+    if args.trace:
+        from pipeline import fileio
+
+        with fileio.atomic_path(args.trace) as tmp:
+            np.savetxt(tmp, np.column_stack([np.arange(len(path)), path, quadratic.f(path)]),
+                       delimiter=",", header="step,x1,x2,f", comments="", fmt=["%d", "%.9g", "%.9g", "%.9g"])
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline.optimizers import OPTIMIZERS
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    parser.add_argument("--params", default=str(config.PARAMS_FILE), help="params file (default: %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    p = sub.add_parser("download", help="fetch the airfoil file and verify its SHA-1",
+                       description=f"Fetch data.url into {data.RAW_PATH} and verify data.sha1. "
+                       "If AIRFOIL_MIRROR is set (a path or URL), it is tried first.")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("prepare", help="validate, standardize, keep the first data.n_rows rows",
+                       description=f"Validate {data.RAW_PATH}, standardize every column and write the "
+                       f"first data.n_rows rows and stats.json to {data.PREPARED_DIR}/.")
+    p.set_defaults(func=cmd_prepare)
+
+    def optimizer_flags(p):
+        p.add_argument("--optimizer", required=True, choices=sorted(OPTIMIZERS))
+        p.add_argument("--gamma", type=_unit_interval, help="RMSProp decay (default: the book's, from params.yaml)")
+        p.add_argument("--beta", type=_unit_interval, help="momentum decay (default: the book's)")
+
+    p = sub.add_parser("train", help="train one configuration and print its final loss",
+                       description="Train the book's linear regression once on the prepared data.")
+    optimizer_flags(p)
+    p.add_argument("--lr", type=_positive_float, help="learning rate (default: the book's, from params.yaml)")
+    p.add_argument("--seed", type=int, default=0, help="fixes the initial weights and the shuffles (default: 0)")
+    p.add_argument("--batch-size", type=_positive_int, help="default: train.batch_size")
+    p.add_argument("--epochs", type=_positive_int, help="default: train.epochs")
+    p.add_argument("--init", choices=["normal", "zeros"], help="default: train.init")
+    p.add_argument("--json", action="store_true", help="print losses, examples and effective lr as JSON")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("quadratic", help="the book's 2-D demo on f = 0.1 x1^2 + 2 x2^2",
+                       description="Run an optimizer from (-5, -2) on f = 0.1 x1^2 + 2 x2^2 and print the book's line.")
+    optimizer_flags(p)
+    p.add_argument("--eta", type=_positive_float, required=True, help="learning rate")
+    p.add_argument("--steps", type=_positive_int, default=20, help="default: %(default)s")
+    p.add_argument("--trace", help="also write the path as CSV (step,x1,x2,f) to this file")
+    p.set_defaults(func=cmd_quadratic)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        params = config.load_params(args.params)
+        args.func(args, params)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

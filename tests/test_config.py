@@ -1,0 +1,45 @@
+"""params.yaml is validated once, with one-line messages that name the key and the fix."""
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipeline import config
+from pipeline.errors import PipelineError
+from conftest import ROOT
+
+
+def raw_params():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_committed_params_are_valid_and_typed():
+    params = config.load_params(ROOT / "params.yaml")
+    assert params.train.batch_size == 10 and isinstance(params.train.init_std, float)
+    assert params.book["rmsprop"] == {"lr": 0.01, "gamma": 0.9}
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda p: p["train"].update(batch_sise=10), "train.batch_sise: unknown key; did you mean 'batch_size'?"),
+    (lambda p: p["data"].pop("sha1"), "data.sha1: missing"),
+    (lambda p: p["train"].update(epochs=0), "train.epochs: must be positive"),
+    (lambda p: p["train"].update(epochs="two"), "train.epochs: expected int, got 'two'"),
+    (lambda p: p["train"].update(init="uniform"), "train.init: expected 'normal' or 'zeros'"),
+    (lambda p: p["book"].update(adam={"lr": 0.1}), "unknown optimizer 'adam'"),
+    (lambda p: p["book"].update(rmsprop={"lr": 0.1}), "book.rmsprop: expected exactly lr, gamma"),
+])
+def test_bad_params_are_rejected_with_the_key_named(edit, expected):
+    raw = raw_params()
+    edit(raw)
+    with pytest.raises(PipelineError) as err:
+        config.parse_params(raw)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    (tmp_path / "params.yaml").write_text("data:\n  url: [unclosed\ntrain: {}\n")
+    result = subprocess.run([sys.executable, "-m", "pipeline", "prepare"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "params.yaml: malformed YAML at line" in result.stderr

@@ -1,0 +1,156 @@
+"""Download and prepare: real files, a real local HTTP server, and every kind of bad input."""
+import hashlib
+import http.server
+import socket
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from pipeline import data, download, prepare
+from pipeline.errors import PipelineError
+from conftest import ROOT, run_env
+
+
+@pytest.fixture(scope="module")
+def good_bytes(raw_file):
+    return raw_file.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def server(good_bytes):
+    """A loopback HTTP server with a good file, an HTML error page (status 200) and a 404."""
+    pages = {"/airfoil.dat": good_bytes, "/error.dat": b"<!DOCTYPE html><html><body>Access denied</body></html>"}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = pages.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.end_headers()
+            if body is not None:
+                self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/airfoil.dat"
+
+
+def fetch(url, sha1, dest, mirror=None):
+    return download.download(url, sha1, dest, mirror=mirror, timeout=2, retries=1, backoff=0.01)
+
+
+def test_download_over_http_verifies_and_writes(server, params, tmp_path, good_bytes):
+    dest = tmp_path / "raw" / "airfoil.dat"
+    assert fetch(f"{server}/airfoil.dat", params.data.sha1, dest) == f"{server}/airfoil.dat"
+    assert hashlib.sha1(dest.read_bytes()).hexdigest() == params.data.sha1
+    assert [p.name for p in dest.parent.iterdir()] == ["airfoil.dat"]  # no temporary left behind
+
+
+def test_mirror_is_tried_first_and_url_is_the_fallback(server, params, tmp_path):
+    dest = tmp_path / "airfoil.dat"
+    assert fetch(closed_port_url(), params.data.sha1, dest, mirror=f"{server}/airfoil.dat") == f"{server}/airfoil.dat"
+    dest.unlink()
+    assert fetch(f"{server}/airfoil.dat", params.data.sha1, dest, mirror=str(tmp_path / "missing.dat")) \
+        == f"{server}/airfoil.dat"
+
+
+@pytest.mark.parametrize("path, sha1, expected", [
+    ("/airfoil.dat", "0" * 40, "SHA-1 mismatch"),
+    ("/error.dat", None, "HTML"),
+    ("/gone.dat", None, "HTTP 404"),
+])
+def test_bad_source_fails_in_one_line_and_writes_nothing(server, params, tmp_path, path, sha1, expected):
+    dest = tmp_path / "airfoil.dat"
+    with pytest.raises(PipelineError) as err:
+        fetch(f"{server}{path}", sha1 or params.data.sha1, dest)
+    message = str(err.value)
+    assert expected in message and f"{server}{path}" in message and "\n" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_without_mirror_mentions_the_mirror_variable(params, tmp_path):
+    url = closed_port_url()
+    with pytest.raises(PipelineError, match=f"{url}.*unreachable after 2 attempts.*AIRFOIL_MIRROR"):
+        fetch(url, params.data.sha1, tmp_path / "airfoil.dat")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prepare_standardizes_and_finds_the_floor(raw_file, tmp_path):
+    stats = prepare.prepare(raw_file, tmp_path, 1500)
+    ds = data.load_prepared(tmp_path)
+    table = np.genfromtxt(raw_file, delimiter="\t")  # the book's parser, as an independent check
+    assert ds.features.shape == (1500, 5) and ds.target.shape == (1500,) and ds.features.dtype == np.float32
+    expected = (table - table.mean(axis=0)) / table.std(axis=0)
+    np.testing.assert_allclose(ds.features, expected[:1500, :5], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ds.target, expected[:1500, 5], rtol=1e-6, atol=1e-6)
+    assert stats["rows_in_file"] == 1503 and stats["rows"] == 1500
+    # The floor is the minimum: perturbing the solution in any direction raises the loss.
+    floor = stats["least_squares"]
+    theta = np.array(floor["w"] + [floor["b"]])
+    xs = np.concatenate([ds.features, np.ones((1500, 1))], axis=1).astype(np.float64)
+    loss = lambda t: 0.5 * np.mean((xs @ t - ds.target) ** 2)
+    assert loss(theta) == pytest.approx(floor["loss"], rel=1e-9)
+    for direction in np.eye(6):
+        assert loss(theta + 1e-3 * direction) > floor["loss"] and loss(theta - 1e-3 * direction) > floor["loss"]
+
+
+def _bad_files(good: bytes) -> dict:
+    lines = good.split(b"\r\n")
+    replace = lambda i, line: b"\r\n".join(lines[:i] + [line] + lines[i + 1:])
+    return {
+        "empty": (b"", "is empty"),
+        "truncated": (b"\r\n".join(lines[:1000]), "has 1000 rows, fewer than data.n_rows = 1500"),
+        "cut mid-line": (b"\r\n".join(lines[:6] + [lines[6][:10]]), "line 7: expected 6 tab-separated columns, found 3"),
+        "wrong column count": (replace(6, b"800\t0\t0.3048\t71.3"), "line 7: expected 6 tab-separated columns, found 4"),
+        "non-numeric": (replace(9, b"800\t0\tabc\t71.3\t0.00266337\t126.201"), "line 10, column 3 (chord length): 'abc'"),
+        "NaN cell": (replace(2, b"800\tnan\t0.3048\t71.3\t0.00266337\t126.201"), "line 3, column 2 (angle of attack)"),
+        "HTML page": (b"<html><body>502 Bad Gateway</body></html>", "line 1: expected 6"),
+    }
+
+
+@pytest.mark.parametrize("case", ["empty", "truncated", "cut mid-line", "wrong column count", "non-numeric",
+                                  "NaN cell", "HTML page"])
+def test_prepare_rejects_bad_files_naming_line_and_column(case, good_bytes, tmp_path):
+    content, expected = _bad_files(good_bytes)[case]
+    raw = tmp_path / "raw.dat"
+    raw.write_bytes(content)
+    out = tmp_path / "prepared"
+    with pytest.raises(PipelineError) as err:
+        prepare.prepare(raw, out, 1500)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_prepare_command_exits_non_zero_with_one_line(tmp_path):
+    (tmp_path / "data/raw").mkdir(parents=True)
+    (tmp_path / "data/raw/airfoil_self_noise.dat").write_bytes(b"1\t2\t3\r\n")
+    (tmp_path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
+    result = subprocess.run([sys.executable, "-m", "pipeline", "prepare"], cwd=tmp_path, env=run_env(),
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "line 1: expected 6 tab-separated columns, found 3" in result.stderr
+    assert not (tmp_path / "data/prepared").exists()
+
+
+def test_download_command_with_bad_mirror_and_no_network_writes_nothing(tmp_path):
+    (tmp_path / "params.yaml").write_text(
+        (ROOT / "params.yaml").read_text().replace(
+            "https://d2l-data.s3-accelerate.amazonaws.com/airfoil_self_noise.dat", closed_port_url()))
+    (tmp_path / "bad.dat").write_bytes(b"not the file")
+    result = subprocess.run([sys.executable, "-m", "pipeline", "download"], cwd=tmp_path,
+                            env=run_env(AIRFOIL_MIRROR="bad.dat"), capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "bad.dat: SHA-1 mismatch" in result.stderr
+    assert not (tmp_path / "data").exists()
