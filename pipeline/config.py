@@ -5,6 +5,7 @@ problem is reported as one line naming the key and the fix.
 """
 import dataclasses
 import difflib
+import re
 import typing
 from pathlib import Path
 
@@ -38,10 +39,41 @@ class TrainParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class Range:
+    """A search range. scale: linear, log (log-uniform), or log1m (1 - value is log-uniform)."""
+
+    low: float
+    high: float
+    scale: str
+
+
+OBJECTIVES = ("final_loss", "mean_loss")
+SCALES = ("linear", "log", "log1m")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyParams:
+    optimizers: list
+    n_trials: int
+    seeds_per_trial: int
+    seed: int  # seeds the TPE sampler
+    objective: str  # final_loss: mean final loss over seeds; mean_loss: mean over the whole curve
+    storage: str  # "journal": a journal file under studies/; or an Optuna storage URL
+    search_space: dict  # hyperparameter -> Range
+
+
+@dataclasses.dataclass(frozen=True)
+class MlflowParams:
+    experiment: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     data: DataParams
     train: TrainParams
     book: dict  # optimizer -> {hyperparameter: value}, the book's hand-picked settings
+    study: StudyParams
+    mlflow: MlflowParams
 
 
 def _fail(where: str, message: str) -> typing.NoReturn:
@@ -72,7 +104,7 @@ def _coerce(hint, value, where: str):
         return _build(hint, value, where)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    if hint in (int, str, dict) and isinstance(value, hint) and not isinstance(value, bool):
+    if hint in (int, str, dict, list) and isinstance(value, hint) and not isinstance(value, bool):
         return value
     _fail(where, f"expected {hint.__name__}, got {value!r}")
 
@@ -99,6 +131,36 @@ def _validate_book(book: dict) -> dict:
     return checked
 
 
+def _validate_study(study: StudyParams) -> StudyParams:
+    for key in ("n_trials", "seeds_per_trial"):
+        _positive(f"study.{key}", getattr(study, key))
+    if not study.optimizers:
+        _fail("study.optimizers", "list at least one optimizer")
+    space = {}
+    for name, raw in study.search_space.items():
+        where = f"study.search_space.{name}"
+        r = _build(Range, raw, where)
+        if r.scale not in SCALES:
+            _fail(f"{where}.scale", f"expected one of {', '.join(SCALES)}, got {r.scale!r}")
+        if r.low >= r.high:
+            _fail(where, f"low ({r.low}) must be below high ({r.high})")
+        if r.scale == "log" and r.low <= 0:
+            _fail(f"{where}.low", f"a log range must start above 0, got {r.low}")
+        if r.scale == "log1m" and not (0 < r.low and r.high < 1):
+            _fail(where, f"a log1m range must lie inside (0, 1), got [{r.low}, {r.high}]")
+        if name in ("gamma", "beta") and not (0 < r.low and r.high < 1):
+            _fail(where, f"{name} must lie inside (0, 1), got [{r.low}, {r.high}]")
+        space[name] = r
+    for name in study.optimizers:
+        opt = optimizers.get(name)
+        missing = [h for h in opt.hyperparams if h not in space]
+        if missing:
+            _fail("study.search_space", f"{name} needs a range for {', '.join(missing)}")
+    if study.objective not in OBJECTIVES:
+        _fail("study.objective", f"expected one of {', '.join(OBJECTIVES)}, got {study.objective!r}")
+    return dataclasses.replace(study, search_space=space, optimizers=list(study.optimizers))
+
+
 def parse_params(raw) -> Params:
     params = _build(Params, raw, "params")
     for key in ("n_rows", "timeout_s"):
@@ -108,7 +170,12 @@ def parse_params(raw) -> Params:
     if len(params.data.sha1) != 40:
         _fail("data.sha1", "expected a 40-character hex SHA-1")
     validate_train(params.train)
-    return dataclasses.replace(params, book=_validate_book(params.book))
+    return dataclasses.replace(params, book=_validate_book(params.book), study=_validate_study(params.study))
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***, for logs, tags and messages."""
+    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:

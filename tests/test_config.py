@@ -28,6 +28,15 @@ def test_committed_params_are_valid_and_typed():
     (lambda p: p["train"].update(init="uniform"), "train.init: expected 'normal' or 'zeros'"),
     (lambda p: p["book"].update(adam={"lr": 0.1}), "unknown optimizer 'adam'"),
     (lambda p: p["book"].update(rmsprop={"lr": 0.1}), "book.rmsprop: expected exactly lr, gamma"),
+    (lambda p: p["study"].update(optimizers=["sgd", "adamw"]), "unknown optimizer 'adamw'"),
+    (lambda p: p["study"].update(n_trials=0), "study.n_trials: must be positive"),
+    (lambda p: p["study"].update(seeds_per_trial=-1), "study.seeds_per_trial: must be positive"),
+    (lambda p: p["study"].update(objective="best_loss"), "study.objective: expected one of final_loss, mean_loss"),
+    (lambda p: p["study"]["search_space"]["lr"].update(low=1.0), "study.search_space.lr: low (1.0) must be below high (1.0)"),
+    (lambda p: p["study"]["search_space"]["gamma"].update(high=1.5), "a log1m range must lie inside (0, 1)"),
+    (lambda p: p["study"]["search_space"]["gamma"].update(scale="linear", low=-0.5), "gamma must lie inside (0, 1)"),
+    (lambda p: p["study"]["search_space"].pop("gamma"), "rmsprop needs a range for gamma"),
+    (lambda p: p["study"]["search_space"]["lr"].update(scale="exp"), "study.search_space.lr.scale: expected one of"),
 ])
 def test_bad_params_are_rejected_with_the_key_named(edit, expected):
     raw = raw_params()
@@ -35,6 +44,11 @@ def test_bad_params_are_rejected_with_the_key_named(edit, expected):
     with pytest.raises(PipelineError) as err:
         config.parse_params(raw)
     assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_passwords_are_masked_in_urls():
+    assert config.mask_url("postgresql://bob:pa55@db:5432/optuna") == "postgresql://bob:***@db:5432/optuna"
+    assert config.mask_url("sqlite:///studies.db") == "sqlite:///studies.db"
 
 
 def test_malformed_yaml_names_the_line(tmp_path):
