@@ -92,6 +92,43 @@ def cmd_quadratic(args, params: config.Params) -> None:
                        delimiter=",", header="step,x1,x2,f", comments="", fmt=["%d", "%.9g", "%.9g", "%.9g"])
 
 
+def git_commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def cmd_study(args, params: config.Params) -> None:
+    import optuna
+
+    from pipeline import optimizers, study, tracking
+
+    opt = optimizers.get(args.optimizer)
+    missing = [h for h in opt.hyperparams if h not in params.study.search_space]
+    if missing:
+        raise PipelineError(f"study.search_space has no range for {', '.join(missing)} ({args.optimizer} needs it)")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one summary line per study, not one per trial
+    storage_url = args.storage or os.environ.get("OPTUNA_STORAGE") or params.study.storage
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_TRACKING_URI
+    storage = study.open_storage(storage_url, args.optimizer)
+    tracker = tracking.Tracker(tracking_uri, params.mlflow.experiment)
+    dataset = data.load_prepared()
+    tags = {"storage": config.mask_url(storage_url), "git_commit": git_commit(), "data_sha1": params.data.sha1}
+    progress = sys.stderr.isatty() and not os.environ.get("CI")
+    result, parent_id, timings = study.run_study(args.optimizer, params, dataset, storage, tracker, tags, progress)
+    outcome = study.write_outputs(result, args.optimizer, params, study.study_dir(args.optimizer), timings)
+    study.log_study_summary(tracker, parent_id, result, args.optimizer, outcome)
+    m = outcome["metrics"]
+    per_trial = f", {1000 * np.mean([t['total'] for t in timings]):.1f} ms/trial" if timings else ""
+    print(f"{result.study_name}: best {params.study.objective} {m['best_value']:.6f} "
+          f"with {outcome['best'].user_attrs['result']['hyperparams']}; {m['trials']} trials "
+          f"({m['diverged']} diverged, {len(timings)} run now{per_trial})")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -146,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print losses, examples and effective lr as JSON")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("study", help="run (or resume) the Optuna study of one optimizer",
+                       description="Search the optimizer's hyperparameters with a seeded TPE study "
+                       "(study.* in params.yaml), log every trial to MLflow, write studies/<optimizer>/.")
+    p.add_argument("optimizer", choices=sorted(OPTIMIZERS))
+    p.add_argument("--storage", help="Optuna storage URL (default: OPTUNA_STORAGE, else study.storage)")
+    p.set_defaults(func=cmd_study)
+
     p = sub.add_parser("quadratic", help="the book's 2-D demo on f = 0.1 x1^2 + 2 x2^2",
                        description="Run an optimizer from (-5, -2) on f = 0.1 x1^2 + 2 x2^2 and print the book's line.")
     optimizer_flags(p)
@@ -157,7 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import logging
+
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         params = config.load_params(args.params)
         args.func(args, params)

@@ -1,0 +1,210 @@
+"""Studies end to end: real Optuna storages, a real MLflow SQLite store, real processes and signals."""
+import csv
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from pipeline import config, study, tracking
+from pipeline.errors import PipelineError
+from conftest import run_env
+
+
+def with_study(params, **changes):
+    space = changes.pop("search_space", None)
+    s = dataclasses.replace(params.study, **changes)
+    if space:
+        s = dataclasses.replace(s, search_space={**s.search_space, **space})
+    return dataclasses.replace(params, study=s)
+
+
+def run(optimizer, params, dataset, root, storage="journal"):
+    """The study command's work, in-process: storage and MLflow under root."""
+    tracker = tracking.Tracker(f"sqlite:///{root}/mlflow.db", "test")
+    opened = study.open_storage(storage, optimizer, root)
+    result, parent, timings = study.run_study(optimizer, params, dataset, opened, tracker, {"storage": storage})
+    outcome = study.write_outputs(result, optimizer, params, root / optimizer, timings)
+    return result, tracker, parent, outcome
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_same_params_fresh_storage_same_trials_csv(params, dataset, tmp_path):
+    p = with_study(params, n_trials=14, seeds_per_trial=2)
+    run("rmsprop", p, dataset, tmp_path / "a")
+    run("rmsprop", p, dataset, tmp_path / "b")
+    first = (tmp_path / "a/rmsprop/trials.csv").read_bytes()
+    assert first == (tmp_path / "b/rmsprop/trials.csv").read_bytes()
+    rows = read_csv(tmp_path / "a/rmsprop/trials.csv")
+    assert [int(r["number"]) for r in rows] == list(range(14))
+    assert all(0.5 <= float(r["gamma"]) <= 0.999 and 1e-4 <= float(r["lr"]) <= 1 for r in rows)
+    assert len({r["lr"] for r in rows}) == 14  # a real search, not one point repeated
+    # A different sampler seed searches elsewhere.
+    run("rmsprop", with_study(p, seed=1), dataset, tmp_path / "c")
+    assert (tmp_path / "c/rmsprop/trials.csv").read_bytes() != first
+
+
+def test_rerun_with_same_params_runs_nothing_and_more_trials_extend(params, dataset, tmp_path):
+    p = with_study(params, n_trials=5, seeds_per_trial=1)
+    result, *_ = run("adagrad", p, dataset, tmp_path)
+    name = result.study_name
+    again, _, _, outcome = run("adagrad", p, dataset, tmp_path)
+    assert again.study_name == name and len(again.trials) == 5
+    more, *_ = run("adagrad", with_study(p, n_trials=8), dataset, tmp_path)
+    assert more.study_name == name and len(more.trials) == 8
+    changed, *_ = run("adagrad", with_study(p, seeds_per_trial=2), dataset, tmp_path)
+    assert changed.study_name != name and len(changed.trials) == 5
+
+
+def test_trials_are_logged_to_mlflow_under_one_parent(params, dataset, tmp_path):
+    p = with_study(params, n_trials=6, seeds_per_trial=3)
+    result, tracker, parent, outcome = run("rmsprop", p, dataset, tmp_path)
+    study.log_study_summary(tracker, parent, result, "rmsprop", outcome)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("test").experiment_id
+    parents = client.search_runs([exp], "tags.run_type = 'study'")
+    assert [r.info.run_id for r in parents] == [parent]
+    assert parents[0].info.status == "FINISHED"
+    assert parents[0].data.metrics["best_value"] == pytest.approx(outcome["best"].value)
+    artifacts = {a.path for a in client.list_artifacts(parent)}
+    assert {"optimization_history.png", "slice.png", "lr_gamma_contour.png"} <= artifacts
+    children = tracker.child_runs(parent)
+    assert sorted(int(r.data.tags["trial_number"]) for r in children) == list(range(6))
+    trials = {t.number: t for t in result.trials}
+    for child in children:
+        trial = trials[int(child.data.tags["trial_number"])]
+        assert child.info.status == "FINISHED"
+        assert float(child.data.params["lr"]) == pytest.approx(trial.user_attrs["result"]["hyperparams"]["lr"])
+        assert child.data.params["seeds"] == "0,1,2" and child.data.params["optimizer"] == "rmsprop"
+        assert child.data.metrics["objective"] == pytest.approx(trial.value)
+        history = client.get_metric_history(child.info.run_id, "loss")
+        assert [m.step for m in history] == list(range(200, 3001, 200))
+        assert history[-1].value == pytest.approx(trial.value)  # the mean curve ends at the mean final loss
+        assert len(client.get_metric_history(child.info.run_id, "effective_lr")) == 15
+
+
+def test_diverged_trials_fail_with_reason_and_never_win(params, dataset, tmp_path):
+    p = with_study(params, n_trials=8, seeds_per_trial=2,
+                   search_space={"lr": config.Range(0.02, 3.0, "log")})
+    result, tracker, parent, outcome = run("sgd", p, dataset, tmp_path)
+    failed = [t for t in result.trials if t.state == TrialState.FAIL]
+    assert failed and all(t.user_attrs["fail_reason"].startswith("diverged") for t in failed)
+    assert outcome["metrics"]["diverged"] == len(failed) and outcome["metrics"]["trials"] == 8
+    assert outcome["best"].state == TrialState.COMPLETE
+    rows = read_csv(tmp_path / "sgd/trials.csv")
+    assert sum(r["diverged"] == "1" for r in rows) == len(failed)
+    assert all(r["objective"] == "" for r in rows if r["diverged"] == "1")
+    statuses = {int(r.data.tags["trial_number"]): r.info.status for r in tracker.child_runs(parent)}
+    assert all(statuses[t.number] == "FAILED" for t in failed)
+
+
+def test_best_at_the_edge_of_its_range_is_flagged(params, dataset, tmp_path):
+    p = with_study(params, n_trials=20, seeds_per_trial=1, search_space={"lr": config.Range(1e-4, 2e-4, "log")})
+    run("sgd", p, dataset, tmp_path)
+    best = json.loads((tmp_path / "sgd/best.json").read_text())
+    assert any("high edge" in w and "lr" in w for w in best["warnings"])
+
+
+def test_sqlite_storage_url_works_and_bad_url_is_masked(params, dataset, tmp_path):
+    p = with_study(params, n_trials=3, seeds_per_trial=1)
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    result, *_ = run("sgd", p, dataset, tmp_path, storage=url)
+    loaded = optuna.load_study(study_name=result.study_name, storage=url)
+    assert len(loaded.trials) == 3
+    with pytest.raises(PipelineError) as err:
+        study.open_storage("postgresql://alice:s3cret@127.0.0.1:1/optuna", "sgd", tmp_path)
+    assert "s3cret" not in str(err.value) and "postgresql://alice:***@127.0.0.1:1/optuna" in str(err.value)
+
+
+def _project(project_copy, n_trials):
+    raw = yaml.safe_load((project_copy / "params.yaml").read_text())
+    raw["study"].update(n_trials=n_trials, seeds_per_trial=2)
+    (project_copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    subprocess.run(["dvc", "repro", "prepare"], cwd=project_copy, env=run_env(), check=True, capture_output=True)
+    return project_copy
+
+
+def _counted(root, optimizer):
+    storage = study.open_storage("journal", optimizer, root / "studies")
+    summaries = optuna.get_all_study_summaries(storage)
+    if not summaries:
+        return []
+    s = optuna.load_study(study_name=summaries[0].study_name, storage=storage)
+    return [t for t in s.get_trials() if study.is_counted(t)]
+
+
+def test_killed_study_resumes_without_losing_or_repeating_trials(project_copy):
+    root = _project(project_copy, n_trials=150)
+    cmd = [sys.executable, "-m", "pipeline", "study", "rmsprop"]
+    proc = subprocess.Popen(cmd, cwd=root, env=run_env(CI="true"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_counted(root, "rmsprop")) < 20:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {t.number: t.value for t in _counted(root, "rmsprop")}
+    assert 20 <= len(before) < 150, "the kill should land mid-study"
+    assert not (root / "studies/rmsprop/trials.csv").exists()  # no half-written outputs
+
+    rerun = subprocess.run(cmd, cwd=root, env=run_env(CI="true"), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    after = _counted(root, "rmsprop")
+    numbers = [t.number for t in after]
+    assert len(after) == 150 and len(set(numbers)) == 150
+    assert all(t.value == before[t.number] for t in after if t.number in before)  # nothing lost or redone
+    rows = read_csv(root / "studies/rmsprop/trials.csv")
+    assert len(rows) == 150 and sorted(int(r["number"]) for r in rows) == sorted(numbers)
+
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    exp = client.get_experiment_by_name("airfoil-optimizers").experiment_id
+    parents = client.search_runs([exp], "tags.run_type = 'study'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'", max_results=1000)
+    finished = [int(r.data.tags["trial_number"]) for r in children if r.info.status in ("FINISHED", "FAILED")]
+    assert sorted(finished) == sorted(numbers)  # each counted trial logged exactly once
+    assert all(r.info.status != "RUNNING" for r in children)
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(project_copy):
+    root = _project(project_copy, n_trials=150)
+    cmd = [sys.executable, "-m", "pipeline", "study", "adagrad"]
+    proc = subprocess.Popen(cmd, cwd=root, env=run_env(CI="true"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_counted(root, "adagrad")) < 10:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().endswith("interrupted")
+    assert len(_counted(root, "adagrad")) < 150
+    rerun = subprocess.run(cmd, cwd=root, env=run_env(CI="true"), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len({t.number for t in _counted(root, "adagrad")}) == 150
+
+
+def test_dvc_repro_runs_the_three_studies_then_is_a_no_op(project_copy):
+    root = _project(project_copy, n_trials=4)
+    first = subprocess.run(["dvc", "repro"], cwd=root, env=run_env(CI="true"), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    for name in ("sgd", "adagrad", "rmsprop"):
+        assert len(read_csv(root / f"studies/{name}/trials.csv")) == 4
+        assert len(_counted(root, name)) == 4
+        listed = subprocess.run(["optuna", "studies", "--storage", f"studies/{name}/optuna.journal",
+                                 "--storage-class", "JournalFileBackend", "-f", "json"],
+                                cwd=root, capture_output=True, text=True, check=True)
+        assert json.loads(listed.stdout)[0]["n_trials"] == 4
+    shown = subprocess.run(["dvc", "metrics", "show", "--json"], cwd=root, capture_output=True, text=True, check=True)
+    assert "best_value" in shown.stdout
+    second = subprocess.run(["dvc", "repro"], cwd=root, env=run_env(CI="true"), capture_output=True, text=True)
+    assert second.returncode == 0 and "Running stage" not in second.stdout
