@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" python benchmarks/engine.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" python benchmarks/study.py
 
 # Refresh requirements.lock after changing dependencies in pyproject.toml.
 lock: $(STAMP)
