@@ -34,6 +34,13 @@ class TrainResult(NamedTuple):
         """(K,) last recorded loss, NaN where the run diverged."""
         return np.where(self.diverged, np.nan, self.losses[:, -1])
 
+    def score(self, objective: str) -> np.ndarray:
+        """(K,) a study objective per run: "final_loss", or "mean_loss" over the whole curve
+        (which also rewards getting there fast). NaN where the run diverged."""
+        if objective == "mean_loss":
+            return np.where(self.diverged, np.nan, self.losses.mean(axis=1))
+        return self.final_loss
+
 
 class Schedule(NamedTuple):
     """Static shape of one training run, derived from the data size and the protocol."""
@@ -74,6 +81,11 @@ def seed_stream(seed: int, n_rows: int, n_features: int, protocol: TrainParams):
         perm = tf.argsort(keys, stable=True).numpy().astype(np.int32)
         epochs.append(np.pad(perm, (0, steps * b - n_rows)).reshape(steps, b))  # pad rows are masked
     return theta0, np.stack(epochs)
+
+
+# Each new (K bucket, seeds bucket) shape traces once by design; TensorFlow's retracing warning
+# would only be noise in the stage logs.
+tf.get_logger().setLevel("ERROR")
 
 
 def _bucket(k: int) -> int:

@@ -129,10 +129,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def fail_interrupted(study: optuna.Study, storage, tracker: Tracker, parent_id: str) -> int:
-    """Mark trials left RUNNING by a dead worker as failed (interrupted), and their MLflow runs
-    KILLED. Heartbeat storages catch dead workers anywhere; the journal file relies on the worker's
-    host and pid, recorded when the trial starts."""
+def recover_interrupted(study: optuna.Study, optimizer: str, storage, tracker: Tracker, parent_id: str,
+                        params: Params) -> int:
+    """Mark trials left RUNNING by a dead worker as failed (interrupted) and their MLflow runs
+    KILLED; complete the MLflow runs of trials that finished in Optuna before the worker died.
+    Heartbeat storages catch dead workers anywhere; the journal file relies on the worker's host
+    and pid, recorded when the trial starts."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
@@ -146,9 +148,13 @@ def fail_interrupted(study: optuna.Study, storage, tracker: Tracker, parent_id: 
                 failed += 1
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     for number, run_id in tracker.running_trials(parent_id).items():
-        if number not in running:
+        trial = trials.get(number)
+        if trial is not None and is_counted(trial):  # killed between Optuna's tell and MLflow's log
+            log_trial(tracker, run_id, optimizer, params, number, trial.user_attrs["result"], trial.value,
+                      trial.user_attrs.get("fail_reason", ""))
+        elif trial is None or trial.state != TrialState.RUNNING:
             tracker.end(run_id, "KILLED")
     return failed
 
@@ -181,6 +187,27 @@ def _ask(study: optuna.Study) -> optuna.Trial:
     with warnings.catch_warnings():  # we record heartbeats ourselves, see heartbeat()
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
         return study.ask()
+
+
+def _finite(values) -> list:
+    return [float(v) if np.isfinite(v) else None for v in values]
+
+
+def log_trial(tracker: Tracker, run_id: str, optimizer: str, params: Params, number: int, record: dict,
+              value, reason: str) -> None:
+    """Complete a trial's MLflow run (one log_batch) from its Optuna record."""
+    examples = record["examples"]
+    tracker.finish_trial(
+        run_id,
+        params={"optimizer": optimizer, **record["hyperparams"], "batch_size": params.train.batch_size,
+                "epochs": params.train.epochs, "seeds": ",".join(map(str, record["seeds"])), "trial_number": number},
+        metrics={**({"objective": value, "final_loss": float(np.mean(record["seed_losses"]))} if value is not None else {}),
+                 "wall_time_s": record["wall_time_s"]},
+        curves={name: tuple(zip(*[(x, v) for x, v in zip(examples, record[name]) if v is not None])) or ((), ())
+                for name in ("loss", "effective_lr")},
+        tags={"state": "FAIL" if reason else "COMPLETE", **({"fail_reason": reason} if reason else {})},
+        status="FAILED" if reason else "FINISHED",
+    )
 
 
 class Trial:
@@ -217,34 +244,28 @@ class Trial:
             raise
         t3 = time.perf_counter()
         clock["train"] = t3 - t2
-        losses = result.losses.mean(axis=0)
         if result.diverged.any():
             value, state = None, TrialState.FAIL
             reason = f"diverged: seeds {self.seeds[result.diverged].tolist()} hit inf/NaN or blew up"
         else:
-            curve = result.losses.mean(axis=1) if p.study.objective == "mean_loss" else result.final_loss
-            value, state, reason = float(np.mean(curve)), TrialState.COMPLETE, ""
-        seed_losses = [None if d else float(v) for d, v in zip(result.diverged, result.final_loss)]
-        trial.set_user_attr("result", {"hyperparams": hyper, "seed_losses": seed_losses})
+            value, state, reason = float(np.mean(result.score(p.study.objective))), TrialState.COMPLETE, ""
+        with np.errstate(invalid="ignore"):
+            losses, eff_lr = result.losses.mean(axis=0), np.nanmean(result.effective_lr, axis=(0, 2))
+        # The whole record goes into Optuna (one write): the storage is the source of truth, and a
+        # worker killed before logging to MLflow can have its run completed from it on resume.
+        record = {
+            "hyperparams": hyper, "seeds": self.seeds.tolist(),
+            "seed_losses": [None if d else float(v) for d, v in zip(result.diverged, result.final_loss)],
+            "examples": result.examples.tolist(), "loss": _finite(losses), "effective_lr": _finite(eff_lr),
+            "wall_time_s": t3 - start,
+        }
+        trial.set_user_attr("result", record)
         if reason:
             trial.set_user_attr("fail_reason", reason)
         study.tell(trial, value, state=state)
         t4 = time.perf_counter()
         clock["optuna"] += t4 - t3
-
-        finite = np.isfinite(losses)
-        self.tracker.finish_trial(
-            run_id,
-            params={"optimizer": self.optimizer, **hyper, "batch_size": p.train.batch_size,
-                    "epochs": p.train.epochs, "seeds": ",".join(map(str, self.seeds)), "trial_number": trial.number},
-            metrics={**({"objective": value} if value is not None else {}),
-                     **({"final_loss": float(np.mean(result.final_loss))} if value is not None else {}),
-                     "wall_time_s": t3 - start},
-            curves={"loss": (result.examples[finite], losses[finite]),
-                    "effective_lr": (result.examples, np.nanmean(result.effective_lr, axis=(0, 2)))},
-            tags={"state": state.name, **({"fail_reason": reason} if reason else {})},
-            status="FINISHED" if state == TrialState.COMPLETE else "FAILED",
-        )
+        log_trial(self.tracker, run_id, self.optimizer, p, trial.number, record, value, reason)
         clock["mlflow"] += time.perf_counter() - t4
         clock["total"] = time.perf_counter() - start
         return {"number": trial.number, **clock}
@@ -258,7 +279,7 @@ def run_study(optimizer: str, params: Params, dataset: Dataset, storage, tracker
     name = study_name(optimizer, params, dataset)
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
     parent_id = tracker.study_run(name, {**parent_tags, "optimizer": optimizer, "params_digest": name.rsplit("-", 1)[1]})
-    interrupted = fail_interrupted(study, storage, tracker, parent_id)
+    interrupted = recover_interrupted(study, optimizer, storage, tracker, parent_id, params)
     if interrupted:
         log.info("%s: %d trial(s) left running by a dead worker marked failed", name, interrupted)
     target = params.study.n_trials

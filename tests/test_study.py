@@ -208,3 +208,26 @@ def test_dvc_repro_runs_the_three_studies_then_is_a_no_op(project_copy):
     assert "best_value" in shown.stdout
     second = subprocess.run(["dvc", "repro"], cwd=root, env=run_env(CI="true"), capture_output=True, text=True)
     assert second.returncode == 0 and "Running stage" not in second.stdout
+
+
+def test_trial_told_but_not_logged_is_completed_in_mlflow_on_resume(params, dataset, tmp_path, monkeypatch):
+    """A crash between Optuna's tell and MLflow's log: the rerun logs the trial from its Optuna record."""
+    p = with_study(params, n_trials=4, seeds_per_trial=2)
+    real_log = study.log_trial
+
+    def crash_on_trial_2(tracker, run_id, optimizer, params_, number, *rest):
+        if number == 2:
+            raise KeyboardInterrupt
+        return real_log(tracker, run_id, optimizer, params_, number, *rest)
+
+    monkeypatch.setattr(study, "log_trial", crash_on_trial_2)
+    with pytest.raises(KeyboardInterrupt):
+        run("rmsprop", p, dataset, tmp_path)
+    monkeypatch.setattr(study, "log_trial", real_log)
+    result, tracker, parent, _ = run("rmsprop", p, dataset, tmp_path)
+    assert result.trials[2].state == TrialState.COMPLETE and len(result.trials) == 4
+    runs = {int(r.data.tags["trial_number"]): r for r in tracker.child_runs(parent)}
+    assert sorted(runs) == [0, 1, 2, 3] and runs[2].info.status == "FINISHED"
+    assert runs[2].data.metrics["objective"] == pytest.approx(result.trials[2].value)
+    history = tracker.client.get_metric_history(runs[2].info.run_id, "loss")
+    assert [m.step for m in history] == list(range(200, 3001, 200))
