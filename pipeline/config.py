@@ -63,6 +63,18 @@ class StudyParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    seeds: int  # seeds per re-run of the winners and the book's settings
+    first_seed: int  # evaluation seeds start here, apart from the study's, so winners meet fresh randomness
+    framework_seeds: int  # Keras runs go through the book's slow eager loop
+    floor_tolerance: float  # "reached the floor": loss <= (1 + tolerance) * least-squares floor
+    lr_points: int  # landscape: lr grid for one-hyperparameter optimizers
+    grid_points: int  # landscape: lr x gamma grid side for RMSProp
+    quadratic_steps: int
+    quadratic: dict  # optimizer -> hyperparameters for the 2-D demo
+
+
+@dataclasses.dataclass(frozen=True)
 class MlflowParams:
     experiment: str
 
@@ -73,6 +85,7 @@ class Params:
     train: TrainParams
     book: dict  # optimizer -> {hyperparameter: value}, the book's hand-picked settings
     study: StudyParams
+    evaluate: EvaluateParams
     mlflow: MlflowParams
 
 
@@ -121,14 +134,29 @@ def validate_train(train: TrainParams) -> None:
         _fail("train.init", f"expected 'normal' or 'zeros', got {train.init!r}")
 
 
-def _validate_book(book: dict) -> dict:
+def _validate_settings(settings: dict, where: str) -> dict:
+    """optimizer -> {hyperparameter: value}, exactly the optimizer's hyperparameters."""
     checked = {}
-    for name, hyper in book.items():
+    for name, hyper in settings.items():
         opt = optimizers.get(name)
         if not isinstance(hyper, dict) or set(hyper) != set(opt.hyperparams):
-            _fail(f"book.{name}", f"expected exactly {', '.join(opt.hyperparams)}, got {hyper!r}")
-        checked[name] = {k: _coerce(float, v, f"book.{name}.{k}") for k, v in hyper.items()}
+            _fail(f"{where}.{name}", f"expected exactly {', '.join(opt.hyperparams)}, got {hyper!r}")
+        checked[name] = {k: _coerce(float, v, f"{where}.{name}.{k}") for k, v in hyper.items()}
     return checked
+
+
+def _validate_evaluate(ev: EvaluateParams, study: StudyParams, book: dict) -> EvaluateParams:
+    for key in ("seeds", "framework_seeds", "floor_tolerance", "lr_points", "grid_points", "quadratic_steps"):
+        _positive(f"evaluate.{key}", getattr(ev, key))
+    if ev.seeds < 2:
+        _fail("evaluate.seeds", "need at least 2 seeds for a confidence interval")
+    quadratic = _validate_settings(ev.quadratic, "evaluate.quadratic")
+    for name in study.optimizers:
+        if name not in book:
+            _fail("book", f"no book setting for {name}, which study.optimizers lists")
+        if name not in quadratic:
+            _fail("evaluate.quadratic", f"no 2-D setting for {name}, which study.optimizers lists")
+    return dataclasses.replace(ev, quadratic=quadratic)
 
 
 def _validate_study(study: StudyParams) -> StudyParams:
@@ -170,7 +198,9 @@ def parse_params(raw) -> Params:
     if len(params.data.sha1) != 40:
         _fail("data.sha1", "expected a 40-character hex SHA-1")
     validate_train(params.train)
-    return dataclasses.replace(params, book=_validate_book(params.book), study=_validate_study(params.study))
+    book, study = _validate_settings(params.book, "book"), _validate_study(params.study)
+    return dataclasses.replace(params, book=book, study=study,
+                               evaluate=_validate_evaluate(params.evaluate, study, book))
 
 
 def mask_url(url: str) -> str:
