@@ -129,6 +129,39 @@ def cmd_study(args, params: config.Params) -> None:
           f"({m['diverged']} diverged, {len(timings)} run now{per_trial})")
 
 
+def cmd_evaluate(args, params: config.Params) -> None:
+    from pipeline import evaluate, study
+
+    summary = evaluate.evaluate(data.load_prepared(), params, study.STUDIES_DIR)
+    for name, s in summary["optimizers"].items():
+        tuned = s["tuned_final_loss"]
+        print(f"{name}: tuned {tuned['mean']:.6f} +/- {tuned['ci95']:.6f} (book {s['book_final_loss']['mean']:.6f}), "
+              f"regret {s['regret']:.2e}, Keras max diff {s['keras_max_abs_diff']:.1e}")
+
+
+def cmd_report(args, params: config.Params) -> None:
+    import dataclasses
+    import json
+
+    from pipeline import evaluate, report, study, tracking
+
+    dataset_stats = data.load_prepared().stats
+    inputs = report.Inputs(params, evaluate.EVAL_DIR, evaluate.SUMMARY, study.STUDIES_DIR, dataset_stats)
+    commit = git_commit()
+    captions = report.render(inputs, report.REPORTS, commit)
+    tracker = tracking.Tracker(os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_TRACKING_URI,
+                               params.mlflow.experiment)
+    summary = json.loads(evaluate.SUMMARY.read_text())
+    metrics = {f"{o}_{family}_final_loss": s[f"{family}_final_loss"]["mean"]
+               for o, s in summary["optimizers"].items() for family in ("tuned", "book")}
+    metrics.update({f"{o}_regret": s["regret"] for o, s in summary["optimizers"].items() if s["regret"] is not None})
+    files = [(report.REPORTS / "report.html", None), (report.REPORTS / "report.pdf", None), (evaluate.SUMMARY, None)]
+    files += [(report.REPORTS / "figures" / f"{name}.png", "figures") for name in captions]
+    tracker.log_report("evaluation-report", {f"evaluate.{k}": v for k, v in dataclasses.asdict(params.evaluate).items()},
+                       metrics, {"git_commit": commit, "data_sha1": params.data.sha1}, files)
+    print(f"wrote {report.REPORTS}/report.html, report.pdf and {len(captions)} figures; logged to MLflow")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -190,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL (default: OPTUNA_STORAGE, else study.storage)")
     p.set_defaults(func=cmd_study)
 
+    p = sub.add_parser("evaluate", help="re-run the winners over many seeds; book, Keras, landscape, 2-D",
+                       description="Read studies/*/best.json and trials.csv, write reports/evaluation/.")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="render reports/report.html and report.pdf from the evaluation",
+                       description="Render the report (HTML with embedded figures, and PDF) and log it to MLflow.")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("quadratic", help="the book's 2-D demo on f = 0.1 x1^2 + 2 x2^2",
                        description="Run an optimizer from (-5, -2) on f = 0.1 x1^2 + 2 x2^2 and print the book's line.")
     optimizer_flags(p)
@@ -205,6 +246,7 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
     try:
         params = config.load_params(args.params)
         args.func(args, params)

@@ -89,3 +89,16 @@ class Tracker:
         if artifact_dir is not None:
             self.client.log_artifacts(run_id, str(artifact_dir))
         self.client.set_terminated(run_id, status="FINISHED")
+
+    def log_report(self, name: str, params: dict, metrics: dict, tags: dict, artifacts: list) -> str:
+        """The evaluation and report as one run, with the report and its figures as artifacts."""
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={**tags, "run_type": "report"})
+        run_id = run.info.run_id
+        self.client.log_batch(
+            run_id, metrics=[Metric(k, float(v), _now_ms(), 0) for k, v in metrics.items()],
+            params=[Param(k, str(v)) for k, v in params.items()],
+        )
+        for path, folder in artifacts:
+            self.client.log_artifact(run_id, str(path), folder)
+        self.client.set_terminated(run_id, status="FINISHED")
+        return run_id

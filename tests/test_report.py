@@ -1,0 +1,88 @@
+"""Evaluation and report: the numbers behind them, and the whole pipeline through `dvc repro`."""
+import html
+import itertools
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import yaml
+from mlflow import MlflowClient
+from pypdf import PdfReader
+
+from pipeline import evaluate, report
+from conftest import run_env
+
+
+def test_expected_best_is_the_mean_over_all_subsets():
+    values = [0.31, 0.25, None, 0.27, 0.26, 0.4]  # None: a diverged trial
+    trials = [{"objective": "" if v is None else repr(v)} for v in values]
+    rows = evaluate.budget_curve(trials, optimum=0.2)
+    as_inf = [np.inf if v is None else v for v in values]
+    for b, row in enumerate(rows, start=1):
+        subsets = [min(s) for s in itertools.combinations(as_inf, b)]
+        finite = [m for m in subsets if np.isfinite(m)]
+        assert row["expected_best"] == pytest.approx(np.mean(finite))
+        assert row["best_so_far"] == min(as_inf[:b]) and row["regret"] == pytest.approx(row["best_so_far"] - 0.2)
+
+
+def test_examples_to_floor_and_grid(dataset, params):
+    from pipeline import engine
+    result = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [0, 1], params.train)
+    floor = dataset.stats["least_squares"]["loss"]
+    reached = evaluate.examples_to_floor(result, floor, 0.01)
+    for losses, x in zip(result.losses, reached):
+        first = np.argmax(losses <= 1.01 * floor)
+        assert x == result.examples[first] and (losses[:first] > 1.01 * floor).all()
+    assert evaluate.examples_to_floor(result, floor, 0.0) == [None, None]  # nobody reaches the floor itself
+    g = evaluate.grid(params.study.search_space["gamma"], 4)
+    assert g[0] == pytest.approx(0.5) and g[-1] == pytest.approx(0.999)
+    assert np.allclose(np.diff(np.log(1 - g)), np.log(1 - g[1]) - np.log(1 - g[0]))  # even in log(1 - gamma)
+
+
+def dvc(root, *args):
+    return subprocess.run(["dvc", *args], cwd=root, env=run_env(CI="true"), capture_output=True, text=True)
+
+
+def test_dvc_repro_builds_both_reports_and_reruns_only_what_changed(project_copy):
+    raw = yaml.safe_load((project_copy / "params.yaml").read_text())
+    raw["study"].update(n_trials=6, seeds_per_trial=2)
+    raw["evaluate"].update(seeds=3, framework_seeds=1, lr_points=8, grid_points=6)
+    (project_copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    first = dvc(project_copy, "repro")
+    assert first.returncode == 0, first.stderr[-3000:]
+    reports = project_copy / "reports"
+    summary = json.loads((reports / "summary.json").read_text())
+
+    page = (reports / "report.html").read_text()
+    for section in report.SECTIONS:
+        assert f"<h2>{html.escape(section)}</h2>" in page
+    figures = [name for names in report.FIGURES.values() for name, _ in names]
+    for name in figures:
+        assert f"<figure id='{name}'><img alt='{name}' src='data:image/png;base64," in page
+        assert (reports / "figures" / f"{name}.png").stat().st_size > 10_000
+    assert "src='http" not in page and "<link" not in page and "<script" not in page  # opens offline
+
+    text = " ".join(p.extract_text() for p in PdfReader(reports / "report.pdf").pages)
+    for section in report.SECTIONS:
+        assert section in text
+    for o in ("sgd", "adagrad", "rmsprop"):
+        s = summary["optimizers"][o]
+        assert f"{s['tuned_final_loss']['mean']:.5f} +/- {s['tuned_final_loss']['ci95']:.5f}" in text
+        assert f"{s['book_final_loss']['mean']:.5f}" in text
+        assert s["trials"] == 6 and s["keras_max_abs_diff"] < 1e-5
+
+    client = MlflowClient(f"sqlite:///{project_copy}/mlflow.db")
+    exp = client.get_experiment_by_name("airfoil-optimizers").experiment_id
+    [run] = client.search_runs([exp], "tags.run_type = 'report'")
+    assert {"report.html", "report.pdf", "summary.json", "figures"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+    raw["evaluate"]["seeds"] = 4
+    (project_copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    second = dvc(project_copy, "repro")
+    assert second.returncode == 0, second.stderr[-3000:]
+    ran = [line for line in second.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'evaluate':", "Running stage 'report':"]
+    assert json.loads((reports / "summary.json").read_text())["seeds"] == [1000, 1001, 1002, 1003]
+    plots = dvc(project_copy, "plots", "show", "--json")
+    assert plots.returncode == 0 and "convergence.csv" in plots.stdout
