@@ -1,6 +1,7 @@
 """Studies end to end: real Optuna storages, a real MLflow SQLite store, real processes and signals."""
 import csv
 import dataclasses
+import fcntl
 import json
 import os
 import signal
@@ -231,3 +232,21 @@ def test_trial_told_but_not_logged_is_completed_in_mlflow_on_resume(params, data
     assert runs[2].data.metrics["objective"] == pytest.approx(result.trials[2].value)
     history = tracker.client.get_metric_history(runs[2].info.run_id, "loss")
     assert [m.step for m in history] == list(range(200, 3001, 200))
+
+
+def test_lock_of_a_killed_worker_does_not_block_the_next_run(params, dataset, tmp_path):
+    """SIGKILL while holding the journal lock: the next run proceeds at once (no stale lock)."""
+    lock = tmp_path / "sgd" / "optuna.lock"
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from pipeline.study import FlockLock; "
+        f"FlockLock(Path({str(lock)!r})).acquire(); print('held', flush=True); time.sleep(600)")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    fd = os.open(lock, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free at once: raises if the dead holder kept it
+    os.close(fd)  # (Optuna's own file locks would block the next run for a 30 s grace period)
+    result, *_ = run("sgd", with_study(params, n_trials=2, seeds_per_trial=1), dataset, tmp_path)
+    assert len(result.trials) == 2
