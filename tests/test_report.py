@@ -41,7 +41,8 @@ def test_examples_to_floor_and_grid(dataset, params):
 
 
 def dvc(root, *args):
-    return subprocess.run(["dvc", *args], cwd=root, env=run_env(CI="true"), capture_output=True, text=True)
+    return subprocess.run(["dvc", *args], cwd=root, env=run_env(CI="true"), capture_output=True, text=True,
+                          timeout=900)
 
 
 def test_dvc_repro_builds_both_reports_and_reruns_only_what_changed(project_copy):

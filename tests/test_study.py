@@ -159,7 +159,7 @@ def test_killed_study_resumes_without_losing_or_repeating_trials(project_copy):
     assert 20 <= len(before) < 150, "the kill should land mid-study"
     assert not (root / "studies/rmsprop/trials.csv").exists()  # no half-written outputs
 
-    rerun = subprocess.run(cmd, cwd=root, env=run_env(CI="true"), capture_output=True, text=True)
+    rerun = subprocess.run(cmd, cwd=root, env=run_env(CI="true"), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     after = _counted(root, "rmsprop")
     numbers = [t.number for t in after]
@@ -189,14 +189,15 @@ def test_ctrl_c_stops_cleanly_and_resumes(project_copy):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.strip().endswith("interrupted")
     assert len(_counted(root, "adagrad")) < 150
-    rerun = subprocess.run(cmd, cwd=root, env=run_env(CI="true"), capture_output=True, text=True)
+    rerun = subprocess.run(cmd, cwd=root, env=run_env(CI="true"), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert len({t.number for t in _counted(root, "adagrad")}) == 150
 
 
 def test_dvc_repro_runs_the_three_studies_then_is_a_no_op(project_copy):
     root = _project(project_copy, n_trials=4)
-    first = subprocess.run(["dvc", "repro"], cwd=root, env=run_env(CI="true"), capture_output=True, text=True)
+    first = subprocess.run(["dvc", "repro"], cwd=root, env=run_env(CI="true"), capture_output=True, text=True,
+                           timeout=600)
     assert first.returncode == 0, first.stderr
     for name in ("sgd", "adagrad", "rmsprop"):
         assert len(read_csv(root / f"studies/{name}/trials.csv")) == 4
