@@ -125,8 +125,8 @@ def evaluate(dataset: Dataset, params: Params, studies_dir: Path, out_dir: Path 
                             for i, x in enumerate(r.examples) for j, c in enumerate(CORDS)]
 
         # Framework: Keras's built-in, through the book's eager loop, on the first evaluation seeds.
-        keras = [reference.train_eager(dataset, name, best["hyperparams"], int(s), params.train, use_keras=True)
-                 for s in seeds[: ev.framework_seeds]]
+        keras = [reference.train_eager(dataset, name, best["hyperparams"], int(s), params.train, use_keras=True,
+                                       book_evaluation=False) for s in seeds[: ev.framework_seeds]]
         for seed, k in zip(seeds, keras):
             curves += [{"family": "framework", "optimizer": name, "seed": int(seed), "examples": int(x),
                         "loss": float(v), "excess_loss": float(v - floor)} for x, v in zip(k.examples, k.losses[0])]

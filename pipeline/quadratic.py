@@ -3,7 +3,6 @@
 Uses the same optimizer registry as the engine, in float64 like the book's Python floats.
 """
 import numpy as np
-import tensorflow as tf
 
 from pipeline import optimizers
 
@@ -16,6 +15,8 @@ def f(x: np.ndarray) -> np.ndarray:
 
 def trace(optimizer: str, hyper: dict, steps: int = 20) -> np.ndarray:
     """Positions (steps + 1, 2), starting point included."""
+    import tensorflow as tf  # here, not at the top: the report stage draws f without paying for TensorFlow
+
     opt = optimizers.get(optimizer)
     h = {name: tf.constant([[float(hyper[name])]], tf.float64) for name in opt.hyperparams}
     x = tf.constant([START], tf.float64)
