@@ -15,11 +15,11 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-import tensorflow as tf
 
 from pipeline import optimizers
 from pipeline.config import TrainParams
 from pipeline.data import Dataset
+from pipeline.tfimport import tf
 
 
 class TrainResult(NamedTuple):

@@ -15,7 +15,7 @@ def f(x: np.ndarray) -> np.ndarray:
 
 def trace(optimizer: str, hyper: dict, steps: int = 20) -> np.ndarray:
     """Positions (steps + 1, 2), starting point included."""
-    import tensorflow as tf  # here, not at the top: the report stage draws f without paying for TensorFlow
+    from pipeline.tfimport import tf  # here, not at the top: the report stage draws f without paying for TensorFlow
 
     opt = optimizers.get(optimizer)
     h = {name: tf.constant([[float(hyper[name])]], tf.float64) for name in opt.hyperparams}

@@ -6,12 +6,12 @@ stream, so the same initial weights and batches) and the baseline the benchmarks
 how Keras's built-in optimizers are run for the "framework" comparison.
 """
 import numpy as np
-import tensorflow as tf
 
 from pipeline import optimizers
 from pipeline.config import TrainParams
 from pipeline.data import Dataset
 from pipeline.engine import TrainResult, schedule, seed_stream
+from pipeline.tfimport import tf
 
 
 def keras_optimizer(name: str, hyper: dict):
