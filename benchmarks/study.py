@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline import config, data, study, tracking
+from pipeline import storage as study_storage
 
 
 def main() -> None:
@@ -23,8 +24,8 @@ def main() -> None:
     params = dataclasses.replace(params, study=dataclasses.replace(params.study, n_trials=args.trials))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        tracker = tracking.Tracker(f"sqlite:///{root}/mlflow.db", "benchmark")
-        storage = study.open_storage("journal", args.optimizer, root)
+        tracker = tracking.Tracker(f"sqlite:///{root}/mlflow.db", "benchmark", writer=True)
+        storage = study_storage.open_storage("journal", args.optimizer, params.study, root)
         _, _, timings = study.run_study(args.optimizer, params, dataset, storage, tracker, {})
     steady = timings[1:]  # trial 0 includes XLA compilation
     print(f"{args.optimizer}: {len(timings)} trials, journal storage, SQLite MLflow store")

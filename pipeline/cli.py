@@ -105,34 +105,39 @@ def git_commit() -> str:
 def cmd_study(args, params: config.Params) -> None:
     import optuna
 
-    from pipeline import optimizers, study, tracking
+    from pipeline import storage, tracking
 
-    opt = optimizers.get(args.optimizer)
-    missing = [h for h in opt.hyperparams if h not in params.study.search_space]
-    if missing:
-        raise PipelineError(f"study.search_space has no range for {', '.join(missing)} ({args.optimizer} needs it)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one summary line per study, not one per trial
     storage_url = args.storage or os.environ.get("OPTUNA_STORAGE") or params.study.storage
+    workers = args.workers or params.study.workers
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_TRACKING_URI
-    storage = study.open_storage(storage_url, args.optimizer)
-    tracker = tracking.Tracker(tracking_uri, params.mlflow.experiment)
+    store = storage.open_storage(storage_url, args.optimizer, params.study)  # both checked before any work
+    tracker = tracking.Tracker(tracking_uri, params.mlflow.experiment, writer=True)
+    from pipeline import study  # TensorFlow: its import overlaps the MLflow writer's start-up
+
     dataset = data.load_prepared()
     tags = {"storage": config.mask_url(storage_url), "git_commit": git_commit(), "data_sha1": params.data.sha1}
-    progress = sys.stderr.isatty() and not os.environ.get("CI")
-    result, parent_id, timings = study.run_study(args.optimizer, params, dataset, storage, tracker, tags, progress)
-    outcome = study.write_outputs(result, args.optimizer, params, study.study_dir(args.optimizer), timings)
+    progress = sys.stderr.isatty() and not os.environ.get("CI") and not args.worker
+    spawn = None
+    if workers > 1:
+        spawn = lambda: study.spawn_helpers(args.optimizer, workers - 1, storage_url, args.params)  # noqa: E731
+    result, parent_id, timings = study.run_study(args.optimizer, params, dataset, store, tracker, tags, progress, spawn)
+    if args.worker:
+        return  # a helper: the worker that started it writes the outputs
+    outcome = study.write_outputs(result, args.optimizer, params, storage.study_dir(args.optimizer), timings)
     study.log_study_summary(tracker, parent_id, result, args.optimizer, outcome)
     m = outcome["metrics"]
     per_trial = f", {1000 * np.mean([t['total'] for t in timings]):.1f} ms/trial" if timings else ""
+    extra = f", {m['extra_trials']} extra not counted" if m["extra_trials"] else ""
     print(f"{result.study_name}: best {params.study.objective} {m['best_value']:.6f} "
           f"with {outcome['best'].user_attrs['result']['hyperparams']}; {m['trials']} trials "
-          f"({m['diverged']} diverged, {len(timings)} run now{per_trial})")
+          f"({m['diverged']} diverged, {len(timings)} run by this worker{per_trial}{extra})")
 
 
 def cmd_evaluate(args, params: config.Params) -> None:
-    from pipeline import evaluate, study
+    from pipeline import evaluate, storage
 
-    summary = evaluate.evaluate(data.load_prepared(), params, study.STUDIES_DIR)
+    summary = evaluate.evaluate(data.load_prepared(), params, storage.STUDIES_DIR)
     for name, s in summary["optimizers"].items():
         tuned = s["tuned_final_loss"]
         print(f"{name}: tuned {tuned['mean']:.6f} +/- {tuned['ci95']:.6f} (book {s['book_final_loss']['mean']:.6f}), "
@@ -143,10 +148,10 @@ def cmd_report(args, params: config.Params) -> None:
     import dataclasses
     import json
 
-    from pipeline import evaluate, report, study, tracking
+    from pipeline import evaluate, report, storage, tracking
 
     dataset_stats = data.load_prepared().stats
-    inputs = report.Inputs(params, evaluate.EVAL_DIR, evaluate.SUMMARY, study.STUDIES_DIR, dataset_stats)
+    inputs = report.Inputs(params, evaluate.EVAL_DIR, evaluate.SUMMARY, storage.STUDIES_DIR, dataset_stats)
     commit = git_commit()
     captions = report.render(inputs, report.REPORTS, commit)
     tracker = tracking.Tracker(os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_TRACKING_URI,
@@ -220,7 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Search the optimizer's hyperparameters with a seeded TPE study "
                        "(study.* in params.yaml), log every trial to MLflow, write studies/<optimizer>/.")
     p.add_argument("optimizer", choices=sorted(OPTIMIZERS))
-    p.add_argument("--storage", help="Optuna storage URL (default: OPTUNA_STORAGE, else study.storage)")
+    p.add_argument("--storage", help="Optuna storage URL (default: OPTUNA_STORAGE, else study.storage); "
+                   "prefer OPTUNA_STORAGE for URLs with a password, which the process list would show")
+    p.add_argument("--workers", type=_positive_int, help="worker processes on this machine (default: study.workers)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a helper started by --workers
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("evaluate", help="re-run the winners over many seeds; book, Keras, landscape, 2-D",
@@ -241,9 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # a polite kill (DVC, a scheduler) stops as cleanly as Ctrl-C
+
+
 def main(argv=None) -> int:
     import logging
+    import signal
 
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter

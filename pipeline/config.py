@@ -60,6 +60,9 @@ class StudyParams:
     objective: str  # final_loss: mean final loss over seeds; mean_loss: mean over the whole curve
     storage: str  # "journal": a journal file under studies/; or an Optuna storage URL
     search_space: dict  # hyperparameter -> Range
+    workers: int  # processes sharing the study (none of these three changes the study's identity)
+    heartbeat_s: int  # RDB storages: a running trial records a heartbeat this often
+    grace_s: int  # ... and is failed as abandoned after this long without one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +163,10 @@ def _validate_evaluate(ev: EvaluateParams, study: StudyParams, book: dict) -> Ev
 
 
 def _validate_study(study: StudyParams) -> StudyParams:
-    for key in ("n_trials", "seeds_per_trial"):
+    for key in ("n_trials", "seeds_per_trial", "workers", "heartbeat_s", "grace_s"):
         _positive(f"study.{key}", getattr(study, key))
+    if study.grace_s <= study.heartbeat_s:
+        _fail("study.grace_s", f"must exceed study.heartbeat_s ({study.heartbeat_s}), got {study.grace_s}")
     if not study.optimizers:
         _fail("study.optimizers", "list at least one optimizer")
     space = {}

@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from pipeline import config, study, tracking
+from pipeline import storage as storage_mod
 from pipeline.errors import PipelineError
 from conftest import run_env
 
@@ -31,7 +32,7 @@ def with_study(params, **changes):
 def run(optimizer, params, dataset, root, storage="journal"):
     """The study command's work, in-process: storage and MLflow under root."""
     tracker = tracking.Tracker(f"sqlite:///{root}/mlflow.db", "test")
-    opened = study.open_storage(storage, optimizer, root)
+    opened = storage_mod.open_storage(storage, optimizer, params.study, root)
     result, parent, timings = study.run_study(optimizer, params, dataset, opened, tracker, {"storage": storage})
     outcome = study.write_outputs(result, optimizer, params, root / optimizer, timings)
     return result, tracker, parent, outcome
@@ -125,7 +126,7 @@ def test_sqlite_storage_url_works_and_bad_url_is_masked(params, dataset, tmp_pat
     loaded = optuna.load_study(study_name=result.study_name, storage=url)
     assert len(loaded.trials) == 3
     with pytest.raises(PipelineError) as err:
-        study.open_storage("postgresql://alice:s3cret@127.0.0.1:1/optuna", "sgd", tmp_path)
+        storage_mod.open_storage("postgresql://alice:s3cret@127.0.0.1:1/optuna", "sgd", params.study, tmp_path)
     assert "s3cret" not in str(err.value) and "postgresql://alice:***@127.0.0.1:1/optuna" in str(err.value)
 
 
@@ -138,7 +139,7 @@ def _project(project_copy, n_trials):
 
 
 def _counted(root, optimizer):
-    storage = study.open_storage("journal", optimizer, root / "studies")
+    storage = storage_mod.open_storage("journal", optimizer, config.load_params(root / "params.yaml").study, root / "studies")
     summaries = optuna.get_all_study_summaries(storage)
     if not summaries:
         return []
@@ -217,10 +218,10 @@ def test_trial_told_but_not_logged_is_completed_in_mlflow_on_resume(params, data
     p = with_study(params, n_trials=4, seeds_per_trial=2)
     real_log = study.log_trial
 
-    def crash_on_trial_2(tracker, run_id, optimizer, params_, number, *rest):
-        if number == 2:
+    def crash_on_trial_2(tracker, parent_id, optimizer, params_, trial):
+        if trial.number == 2 and trial.state == TrialState.COMPLETE:
             raise KeyboardInterrupt
-        return real_log(tracker, run_id, optimizer, params_, number, *rest)
+        return real_log(tracker, parent_id, optimizer, params_, trial)
 
     monkeypatch.setattr(study, "log_trial", crash_on_trial_2)
     with pytest.raises(KeyboardInterrupt):
@@ -240,7 +241,7 @@ def test_lock_of_a_killed_worker_does_not_block_the_next_run(params, dataset, tm
     lock = tmp_path / "sgd" / "optuna.lock"
     lock.parent.mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from pipeline.study import FlockLock; "
+        "import sys, time; from pathlib import Path; from pipeline.storage import FlockLock; "
         f"FlockLock(Path({str(lock)!r})).acquire(); print('held', flush=True); time.sleep(600)")],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
