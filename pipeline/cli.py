@@ -106,6 +106,7 @@ def cmd_study(args, params: config.Params) -> None:
     import optuna
 
     from pipeline import storage, tracking
+    from pipeline import workers as worker_processes
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one summary line per study, not one per trial
     storage_url = args.storage or os.environ.get("OPTUNA_STORAGE") or params.study.storage
@@ -113,15 +114,17 @@ def cmd_study(args, params: config.Params) -> None:
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_TRACKING_URI
     store = storage.open_storage(storage_url, args.optimizer, params.study)  # both checked before any work
     tracker = tracking.Tracker(tracking_uri, params.mlflow.experiment, writer=True)
-    from pipeline import study  # TensorFlow: its import overlaps the MLflow writer's start-up
-
     dataset = data.load_prepared()
+    helpers = worker_processes.spawn(args.optimizer, workers - 1, storage_url, args.params) if workers > 1 else []
+    try:
+        from pipeline import study  # TensorFlow: its import overlaps the writer's and helpers' start-up
+    except BaseException:
+        worker_processes.stop(helpers)
+        raise
     tags = {"storage": config.mask_url(storage_url), "git_commit": git_commit(), "data_sha1": params.data.sha1}
     progress = sys.stderr.isatty() and not os.environ.get("CI") and not args.worker
-    spawn = None
-    if workers > 1:
-        spawn = lambda: study.spawn_helpers(args.optimizer, workers - 1, storage_url, args.params)  # noqa: E731
-    result, parent_id, timings = study.run_study(args.optimizer, params, dataset, store, tracker, tags, progress, spawn)
+    result, parent_id, timings = study.run_study(args.optimizer, params, dataset, store, tracker, tags, progress,
+                                                 helpers)
     if args.worker:
         return  # a helper: the worker that started it writes the outputs
     outcome = study.write_outputs(result, args.optimizer, params, storage.study_dir(args.optimizer), timings)
@@ -188,10 +191,17 @@ def _unit_interval(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line, like every other error here (subcommands inherit this)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.optimizers import OPTIMIZERS
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    parser = _Parser(prog="python -m pipeline", description=__doc__)
     parser.add_argument("--params", default=str(config.PARAMS_FILE), help="params file (default: %(default)s)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 

@@ -98,10 +98,12 @@ def _compiled(optimizer_name: str):
     opt = optimizers.get(optimizer_name)
 
     @tf.function(jit_compile=True, reduce_retracing=True)
-    def run(xs, y, gram, batches, step_rows, record_slot, seed_index, theta0, hyper):
+    def run(xs, y, gram, batches, step_rows, record_slot, n_records, seed_index, theta0, hyper):
         # xs (n, P) features with a ones column; gram (P+1, P+1) = [xs, y]^T [xs, y] / n, float64
         # batches (T, S, B) row indices per seed; seed_index (K,); theta0 (S, P); hyper name -> (K, 1)
-        n_steps, n_records = tf.shape(batches)[0], tf.reduce_max(record_slot)
+        # n_records: a Python int, so the buffers' shapes are static. XLA needs them at compile time
+        # and cannot derive them from record_slot's values once T exceeds about a million steps.
+        n_steps = tf.shape(batches)[0]
         k, p = tf.shape(seed_index)[0], tf.shape(xs)[1]
         theta = tf.gather(theta0, seed_index)
         state = opt.init(theta)
@@ -180,6 +182,7 @@ def train(
         tf.constant(batches),
         tf.constant(sched.step_rows.astype(np.int32)),
         tf.constant(sched.record_slot),
+        len(sched.examples),
         tf.constant(pad_k(seed_index.astype(np.int32))),
         tf.constant(theta0),
         {name: tf.constant(pad_k(v)[:, None]) for name, v in values.items()},

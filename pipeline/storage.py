@@ -8,6 +8,7 @@ Abandoned trials are failed with a reason, never counted, and their hyperparamet
 import fcntl
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -70,15 +71,28 @@ def open_storage(url: str, optimizer: str, study: StudyParams, root: Path = STUD
         return optuna.storages.JournalStorage(backend)
     engine_kwargs = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
-        engine_kwargs["connect_args"] = {"connect_timeout": 10}
-    try:
-        with warnings.catch_warnings():  # heartbeats are marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
-                                              grace_period=grace_s)
-    except Exception as e:
-        raise PipelineError(f"Optuna storage {mask_url(url)} is not usable ({_reason(e)}): "
-                            f"check study.storage or OPTUNA_STORAGE") from None
+        # A worker that hangs inside a transaction would hold its trial's row lock, and the worker
+        # failing that trial would wait forever; PostgreSQL ends such a session after grace_s.
+        engine_kwargs["connect_args"] = {"connect_timeout": 10,
+                                         "options": f"-c idle_in_transaction_session_timeout={grace_s * 1000}"}
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(4):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
+                                                  grace_period=grace_s)
+        except (IntegrityError, ProgrammingError) as e:
+            # Workers starting together on a new database race to create Optuna's tables, and
+            # PostgreSQL can fail the losers' CREATE TABLE IF NOT EXISTS; the tables exist now.
+            error = e
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
+        except Exception as e:
+            error = e
+            break
+    raise PipelineError(f"Optuna storage {mask_url(url)} is not usable ({_reason(error)}): "
+                        f"check study.storage or OPTUNA_STORAGE")
 
 
 def _reason(error: Exception) -> str:
@@ -149,13 +163,8 @@ def fail_abandoned(study: optuna.Study, grace_s: float) -> int:
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not running:
         return 0
-    if has_heartbeat(storage):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     now = time.time()
-    for t in running:
+    for t in running:  # the precise cause first: a dead pid on this host
         silent = "worker" not in t.user_attrs and now - t.datetime_start.timestamp() > grace_s
         if owner_gone(t) or silent:
             try:
@@ -164,6 +173,11 @@ def fail_abandoned(study: optuna.Study, grace_s: float) -> int:
                 failed += 1
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # its worker finished it after all, or another worker failed it first
+    if has_heartbeat(storage) and len(running) > failed:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        failed = len(running) - len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     return failed
 
 

@@ -22,11 +22,10 @@ import logging
 import math
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,7 +33,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from pipeline import engine, fileio, optimizers, storage
+from pipeline import engine, fileio, optimizers, storage, workers
 from pipeline.config import Params, Range
 from pipeline.data import Dataset
 from pipeline.errors import PipelineError
@@ -164,6 +163,23 @@ def sync_mlflow(study: optuna.Study, tracker: Tracker, parent_id: str, optimizer
     return added
 
 
+@contextmanager
+def _interrupts_deferred():
+    """Hold SIGINT and SIGTERM (raised as KeyboardInterrupt, see cli) until the block is done.
+    Python runs signal handlers in the main thread, so swapping the handler is enough here, where
+    blocking the signal would not be: TensorFlow's own threads would still receive it."""
+    received = []
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if received:
+            raise KeyboardInterrupt
+
+
 def _ask(study: optuna.Study) -> optuna.Trial:
     with warnings.catch_warnings():  # we record heartbeats ourselves, see storage.heartbeat()
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
@@ -184,9 +200,11 @@ class TrialRunner:
 
     def run(self, study: optuna.Study):
         """Timings of the trial's parts in seconds, or None if another worker took it over."""
-        clock, start = {"train": 0.0, "optuna": 0.0, "mlflow": 0.0}, time.perf_counter()
-        trial = _ask(study)
+        clock, start, trial = {"train": 0.0, "optuna": 0.0, "mlflow": 0.0}, time.perf_counter(), None
         try:
+            with _interrupts_deferred():  # a Ctrl-C waits until the new trial is known to be ours
+                trial = _ask(study)
+                trial.set_user_attr("worker", storage.WORKER)  # so a dead worker's trial is recognized
             with storage.heartbeat(self.store, trial._trial_id):
                 frozen = self._run(study, trial, clock, start)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -195,8 +213,9 @@ class TrialRunner:
             log.warning("trial %d was failed as abandoned while this worker was unresponsive", trial.number)
             return None
         except BaseException as e:
-            reason = INTERRUPTED if isinstance(e, KeyboardInterrupt) else f"error: {type(e).__name__}: {e}"
-            self._fail(study, trial, reason)
+            if trial is not None:
+                reason = INTERRUPTED if isinstance(e, KeyboardInterrupt) else f"error: {type(e).__name__}: {e}"
+                self._fail(study, trial, reason)
             raise
         t = time.perf_counter()
         log_trial(self.tracker, self.parent_id, self.optimizer, self.params, frozen)
@@ -206,7 +225,6 @@ class TrialRunner:
 
     def _run(self, study, trial, clock, t0):
         p = self.params
-        trial.set_user_attr("worker", storage.WORKER)  # first, so a dead worker's trial can be recognized
         # A sampler seeded per trial number: reproducible, and workers sharing a study never
         # draw the same random start-up points.
         study.sampler = optuna.samplers.TPESampler(seed=p.study.seed * 1_000_003 + trial.number)
@@ -326,35 +344,16 @@ def run_trials(session: Session, runner: TrialRunner, target: int, grace_s: floa
             bar.close()
 
 
-def spawn_helpers(optimizer: str, n: int, storage_url: str, params_file: Path) -> list:
-    """n more worker processes on the same study. The storage URL travels in the environment, so
-    a password in it never shows in the process list."""
-    env = {**os.environ, "OPTUNA_STORAGE": storage_url}
-    cmd = [sys.executable, "-m", "pipeline", "--params", str(params_file), "study", optimizer, "--worker"]
-    return [subprocess.Popen(cmd, env=env) for _ in range(n)]
-
-
-def stop_helpers(helpers: list, timeout: float = 30.0) -> None:
-    """Pass an interrupt on to helper workers and wait for them to record their trials."""
-    for h in helpers:
-        if h.poll() is None:
-            h.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + timeout
-    for h in helpers:
-        try:
-            h.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            h.kill()
-            h.wait()
-
-
 def run_study(optimizer: str, params: Params, dataset: Dataset, store, tracker: Tracker, parent_tags: dict,
-              progress: bool = False, spawn=None) -> tuple:
-    """Run this worker's share of the study, and `spawn()`'s helper workers beside it; return
+              progress: bool = False, helpers: list = ()) -> tuple:
+    """Run this worker's share of the study beside its helper processes (see workers.py); return
     (study, parent run id, this worker's timings) once the budget is done and logged."""
-    session = start(optimizer, params, dataset, store, tracker, parent_tags)
+    try:
+        session = start(optimizer, params, dataset, store, tracker, parent_tags)
+    except BaseException:
+        workers.stop(helpers)
+        raise
     runner = TrialRunner(optimizer, params, dataset, store, tracker, session.parent_id)
-    helpers = spawn() if spawn else []
     try:
         timings = run_trials(session, runner, params.study.n_trials, params.study.grace_s, progress)
         for h in helpers:
@@ -362,7 +361,7 @@ def run_study(optimizer: str, params: Params, dataset: Dataset, store, tracker: 
                 log.warning("helper worker %d exited with code %d; its trials are kept", h.pid, h.returncode)
         sync_mlflow(session.study, tracker, session.parent_id, optimizer, params)  # also helpers that died
     except BaseException:
-        stop_helpers(helpers)
+        workers.stop(helpers)
         try:
             tracker.flush()  # the trials finished so far, and the interrupted one
             tracker.end(session.parent_id, "KILLED")

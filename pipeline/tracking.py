@@ -59,7 +59,15 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         try:
             found = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            if found is None:
+                try:
+                    self.experiment_id = self.client.create_experiment(experiment)
+                except Exception:  # another worker created it just now
+                    found = self.client.get_experiment_by_name(experiment)
+                    if found is None:
+                        raise
+            if found is not None:
+                self.experiment_id = found.experiment_id
         except Exception as e:  # any backend error: bad URI, unreachable database, locked file
             raise PipelineError(
                 f"MLflow tracking at {mask_url(tracking_uri)} is not usable ({type(e).__name__}): "
@@ -227,18 +235,28 @@ def _sqlite_without_fsync_per_commit() -> None:
 def _write_runs(experiment_id: str) -> None:
     """The writer process: one JSON job per line on stdin, replies on stdout, until stdin closes.
     It ignores Ctrl-C and SIGTERM so that an interrupted study can still hand it the trials it
-    finished; it exits when the study closes the pipe or dies."""
+    finished; it exits when the study closes the pipe, and at once, dropping what is left, if the
+    study died: the next run logs those trials from Optuna, and must not race us for them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    study_pid = os.getppid()
     uri = os.environ["MLFLOW_TRACKING_URI"]
     if urlparse(uri).scheme == "sqlite":
         _sqlite_without_fsync_per_commit()
+    # Replies get the pipe to ourselves: MLflow prints to stdout (a "View run" line per run on a
+    # tracking server), which now goes to stderr instead.
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # and the extra get_run it costs per run
     client, seconds = MlflowClient(tracking_uri=uri), {}
 
     def reply(message: dict) -> None:
-        print(json.dumps(message), flush=True)
+        replies.write(json.dumps(message) + "\n")
+        replies.flush()
 
     for line in sys.stdin:
+        if os.getppid() != study_pid:
+            return
         job = json.loads(line)
         if "flush" in job:
             reply({"flushed": job["flush"], "seconds": seconds})

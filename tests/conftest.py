@@ -62,3 +62,34 @@ def run_env(**extra) -> dict:
         env[download.MIRROR_ENV] = airfoil_source()
     env.update(extra)
     return env
+
+
+def prepared_project(dest: Path, raw_file: Path, edit=None) -> Path:
+    """A project folder with params.yaml (changed by `edit(raw_params)`) and the real prepared data."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    if edit:
+        edit(raw)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    prepare.prepare(raw_file, dest / data.PREPARED_DIR, raw["data"]["n_rows"])
+    return dest
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    from servers import Postgres
+
+    server = Postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres, tmp_path_factory):
+    from servers import MlflowServer
+
+    server = MlflowServer(postgres.create_database("mlflow"), tmp_path_factory.mktemp("mlflow") / "artifacts")
+    yield server
+    server.stop()

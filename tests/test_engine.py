@@ -113,3 +113,14 @@ def test_quadratic_command_prints_line_and_saves_trace(prepared_project, tmp_pat
     assert out.stdout.strip() == "epoch 20, x1: -0.010599, x2: 0.000000"
     trace = np.loadtxt(tmp_path / "trace.csv", delimiter=",", skiprows=1)
     assert trace.shape == (21, 4) and trace[-1, 1] == pytest.approx(-0.010599, abs=1e-6)
+
+
+def test_a_schedule_of_over_a_million_steps_compiles_and_trains(dataset, params):
+    """Buffer shapes must not depend on the schedule's values: XLA stops folding those into
+    compile-time constants at about a million steps (it failed at 700 epochs of batch 1)."""
+    protocol = params.train.__class__(**{**params.train.__dict__, "batch_size": 1, "epochs": 700,
+                                         "record_every": 150_000})
+    result = engine.train(dataset, "sgd", {"lr": 0.001}, [0], protocol)
+    assert list(result.examples) == list(range(150_000, 1_050_001, 150_000))
+    floor = dataset.stats["least_squares"]["loss"]
+    assert not result.diverged[0] and result.final_loss[0] < 1.05 * floor
