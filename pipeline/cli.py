@@ -112,9 +112,14 @@ def cmd_study(args, params: config.Params) -> None:
     storage_url = args.storage or os.environ.get("OPTUNA_STORAGE") or params.study.storage
     workers = args.workers or params.study.workers
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_TRACKING_URI
-    store = storage.open_storage(storage_url, args.optimizer, params.study)  # both checked before any work
-    tracker = tracking.Tracker(tracking_uri, params.mlflow.experiment, writer=True)
+    # Everything that can fail is checked before anything is written: a storage server first,
+    # then tracking, and only then the journal file (created on open).
+    journal = storage_url == storage.JOURNAL
+    store = None if journal else storage.open_storage(storage_url, args.optimizer, params.study)
     dataset = data.load_prepared()
+    tracker = tracking.Tracker(tracking_uri, params.mlflow.experiment, writer=True)
+    if journal:
+        store = storage.open_storage(storage_url, args.optimizer, params.study)
     helpers = worker_processes.spawn(args.optimizer, workers - 1, storage_url, args.params) if workers > 1 else []
     try:
         from pipeline import study  # TensorFlow: its import overlaps the writer's and helpers' start-up

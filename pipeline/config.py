@@ -99,19 +99,20 @@ def _fail(where: str, message: str) -> typing.NoReturn:
 def _build(cls, raw, where: str):
     """Build dataclass `cls` from a mapping, rejecting unknown, missing and mistyped keys."""
     if not isinstance(raw, dict):
-        _fail(where, f"expected a mapping, got {type(raw).__name__}")
+        _fail(where or "top level", f"expected a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     fields = [f.name for f in dataclasses.fields(cls)]
+    key_path = lambda key: f"{where}.{key}" if where else str(key)  # noqa: E731
     for key in raw:
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             fix = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields)}"
-            _fail(f"{where}.{key}", f"unknown key; {fix}")
+            _fail(key_path(key), f"unknown key; {fix}")
     values = {}
     for name in fields:
         if name not in raw:
-            _fail(f"{where}.{name}", "missing")
-        values[name] = _coerce(hints[name], raw[name], f"{where}.{name}")
+            _fail(key_path(name), "missing")
+        values[name] = _coerce(hints[name], raw[name], key_path(name))
     return cls(**values)
 
 
@@ -195,7 +196,7 @@ def _validate_study(study: StudyParams) -> StudyParams:
 
 
 def parse_params(raw) -> Params:
-    params = _build(Params, raw, "params")
+    params = _build(Params, raw, "")
     for key in ("n_rows", "timeout_s"):
         _positive(f"data.{key}", getattr(params.data, key))
     if params.data.retries < 0:

@@ -93,3 +93,29 @@ def mlflow_server(postgres, tmp_path_factory):
     server = MlflowServer(postgres.create_database("mlflow"), tmp_path_factory.mktemp("mlflow") / "artifacts")
     yield server
     server.stop()
+
+
+def cli(*args, cwd, timeout=300, **env):
+    """`python -m pipeline ...` in `cwd`, as a user would run it."""
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=run_env(**env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result, *fragments):
+    """A non-zero exit and exactly one line on stderr, naming the problem (each fragment)."""
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def closed_port_url(path: str = "/airfoil.dat") -> str:
+    """An http URL nothing listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}{path}"

@@ -1,17 +1,14 @@
-"""Download and prepare: real files, a real local HTTP server, and every kind of bad input."""
+"""Download and prepare: real files, a real local HTTP server, and every kind of bad input,
+the bad input through the commands themselves (one line, non-zero exit, nothing written)."""
 import hashlib
 import http.server
-import socket
-import subprocess
-import sys
 import threading
 
 import numpy as np
 import pytest
 
 from pipeline import data, download, prepare
-from pipeline.errors import PipelineError
-from conftest import ROOT, run_env
+from conftest import ROOT, assert_one_line_error, cli, closed_port_url
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +38,6 @@ def server(good_bytes):
     httpd.shutdown()
 
 
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}/airfoil.dat"
-
-
 def fetch(url, sha1, dest, mirror=None):
     return download.download(url, sha1, dest, mirror=mirror, timeout=2, retries=1, backoff=0.01)
 
@@ -66,25 +57,32 @@ def test_mirror_is_tried_first_and_url_is_the_fallback(server, params, tmp_path)
         == f"{server}/airfoil.dat"
 
 
-@pytest.mark.parametrize("path, sha1, expected", [
-    ("/airfoil.dat", "0" * 40, "SHA-1 mismatch"),
-    ("/error.dat", None, "HTML"),
-    ("/gone.dat", None, "HTTP 404"),
+def project_with(tmp_path, url=None, sha1=None):
+    """A project folder whose params.yaml downloads from `url` (one quick retry) and expects `sha1`."""
+    text = (ROOT / "params.yaml").read_text().replace("retries: 3 ", "retries: 1 ")
+    if url:
+        text = text.replace("https://d2l-data.s3-accelerate.amazonaws.com/airfoil_self_noise.dat", url)
+    if sha1:
+        text = text.replace("76e5be1548fd8222e5074cf0faae75edff8cf93f", sha1)
+    (tmp_path / "params.yaml").write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize("path, sha1, mirror, expected", [
+    ("/airfoil.dat", "f" * 40, None, ["SHA-1 mismatch: expected ffff"]),
+    ("/error.dat", None, None, ["returned an HTML/XML page"]),
+    ("/gone.dat", None, None, ["HTTP 404"]),
+    (None, None, None, ["unreachable after 2 attempts", "offline? set AIRFOIL_MIRROR"]),
+    (None, None, "bad.dat", ["bad.dat: SHA-1 mismatch", "unreachable after 2 attempts"]),
 ])
-def test_bad_source_fails_in_one_line_and_writes_nothing(server, params, tmp_path, path, sha1, expected):
-    dest = tmp_path / "airfoil.dat"
-    with pytest.raises(PipelineError) as err:
-        fetch(f"{server}{path}", sha1 or params.data.sha1, dest)
-    message = str(err.value)
-    assert expected in message and f"{server}{path}" in message and "\n" not in message
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_unreachable_without_mirror_mentions_the_mirror_variable(params, tmp_path):
-    url = closed_port_url()
-    with pytest.raises(PipelineError, match=f"{url}.*unreachable after 2 attempts.*AIRFOIL_MIRROR"):
-        fetch(url, params.data.sha1, tmp_path / "airfoil.dat")
-    assert list(tmp_path.iterdir()) == []
+def test_download_command_rejects_bad_sources_in_one_line_and_writes_nothing(server, tmp_path, path, sha1, mirror,
+                                                                             expected):
+    url = f"{server}{path}" if path else closed_port_url()
+    root = project_with(tmp_path, url, sha1)
+    (root / "bad.dat").write_bytes(b"not the file")
+    result = cli("download", cwd=root, AIRFOIL_MIRROR=mirror or "")
+    assert_one_line_error(result, url, *expected)
+    assert not (root / "data").exists()
 
 
 def test_prepare_standardizes_and_finds_the_floor(raw_file, tmp_path):
@@ -122,35 +120,10 @@ def _bad_files(good: bytes) -> dict:
 
 @pytest.mark.parametrize("case", ["empty", "truncated", "cut mid-line", "wrong column count", "non-numeric",
                                   "NaN cell", "HTML page"])
-def test_prepare_rejects_bad_files_naming_line_and_column(case, good_bytes, tmp_path):
+def test_prepare_command_rejects_bad_files_naming_line_and_column(case, good_bytes, tmp_path):
     content, expected = _bad_files(good_bytes)[case]
-    raw = tmp_path / "raw.dat"
-    raw.write_bytes(content)
-    out = tmp_path / "prepared"
-    with pytest.raises(PipelineError) as err:
-        prepare.prepare(raw, out, 1500)
-    assert expected in str(err.value) and "\n" not in str(err.value)
-    assert not out.exists() or list(out.iterdir()) == []
-
-
-def test_prepare_command_exits_non_zero_with_one_line(tmp_path):
-    (tmp_path / "data/raw").mkdir(parents=True)
-    (tmp_path / "data/raw/airfoil_self_noise.dat").write_bytes(b"1\t2\t3\r\n")
-    (tmp_path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
-    result = subprocess.run([sys.executable, "-m", "pipeline", "prepare"], cwd=tmp_path, env=run_env(),
-                            capture_output=True, text=True)
-    assert result.returncode == 1
-    assert result.stderr.count("\n") == 1 and "line 1: expected 6 tab-separated columns, found 3" in result.stderr
-    assert not (tmp_path / "data/prepared").exists()
-
-
-def test_download_command_with_bad_mirror_and_no_network_writes_nothing(tmp_path):
-    (tmp_path / "params.yaml").write_text(
-        (ROOT / "params.yaml").read_text().replace(
-            "https://d2l-data.s3-accelerate.amazonaws.com/airfoil_self_noise.dat", closed_port_url()))
-    (tmp_path / "bad.dat").write_bytes(b"not the file")
-    result = subprocess.run([sys.executable, "-m", "pipeline", "download"], cwd=tmp_path,
-                            env=run_env(AIRFOIL_MIRROR="bad.dat"), capture_output=True, text=True)
-    assert result.returncode == 1 and result.stderr.count("\n") == 1
-    assert "bad.dat: SHA-1 mismatch" in result.stderr
-    assert not (tmp_path / "data").exists()
+    root = project_with(tmp_path)
+    (root / "data/raw").mkdir(parents=True)
+    (root / "data/raw/airfoil_self_noise.dat").write_bytes(content)
+    assert_one_line_error(cli("prepare", cwd=root), expected)
+    assert not (root / "data/prepared").exists()

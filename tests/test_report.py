@@ -1,16 +1,18 @@
 """Evaluation and report: the numbers behind them, and the whole pipeline through `dvc repro`."""
+import csv
 import html
 import itertools
 import json
 import subprocess
 
 import numpy as np
+import optuna
 import pytest
 import yaml
 from mlflow import MlflowClient
 from pypdf import PdfReader
 
-from pipeline import evaluate, report
+from pipeline import config, evaluate, report, storage, study
 from conftest import run_env
 
 
@@ -40,19 +42,23 @@ def test_examples_to_floor_and_grid(dataset, params):
     assert np.allclose(np.diff(np.log(1 - g)), np.log(1 - g[1]) - np.log(1 - g[0]))  # even in log(1 - gamma)
 
 
-def dvc(root, *args):
-    return subprocess.run(["dvc", *args], cwd=root, env=run_env(CI="true"), capture_output=True, text=True,
+def dvc(root, *args, **env):
+    return subprocess.run(["dvc", *args], cwd=root, env=run_env(CI="true", **env), capture_output=True, text=True,
                           timeout=900)
 
 
-def test_dvc_repro_builds_both_reports_and_reruns_only_what_changed(project_copy):
+def small_pipeline(project_copy) -> dict:
+    """Small params for a whole `dvc repro` in a test: 6 trials per study, 3 evaluation seeds."""
     raw = yaml.safe_load((project_copy / "params.yaml").read_text())
     raw["study"].update(n_trials=6, seeds_per_trial=2)
     raw["evaluate"].update(seeds=3, framework_seeds=1, lr_points=8, grid_points=6)
     (project_copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    first = dvc(project_copy, "repro")
-    assert first.returncode == 0, first.stderr[-3000:]
-    reports = project_copy / "reports"
+    return raw
+
+
+def check_report(root, n_trials=6) -> str:
+    """Both reports have every section and figure, the PDF has the results table; the text."""
+    reports = root / "reports"
     summary = json.loads((reports / "summary.json").read_text())
 
     page = (reports / "report.html").read_text()
@@ -71,12 +77,42 @@ def test_dvc_repro_builds_both_reports_and_reruns_only_what_changed(project_copy
         s = summary["optimizers"][o]
         assert f"{s['tuned_final_loss']['mean']:.5f} +/- {s['tuned_final_loss']['ci95']:.5f}" in text
         assert f"{s['book_final_loss']['mean']:.5f}" in text
-        assert s["trials"] == 6 and s["keras_max_abs_diff"] < 1e-5
+        assert s["trials"] == n_trials and s["keras_max_abs_diff"] < 1e-5
+    return page + text
 
+
+def test_dvc_repro_runs_every_stage_then_reruns_only_what_changed(project_copy):
+    raw = small_pipeline(project_copy)
+    first = dvc(project_copy, "repro")
+    assert first.returncode == 0, first.stderr[-3000:]
+    check_report(project_copy)
+
+    # The studies: each storage holds 6 counted trials (Optuna's API and command line), MLflow one
+    # parent run per study with one child run per trial, and DVC sees their metrics.
     client = MlflowClient(f"sqlite:///{project_copy}/mlflow.db")
     exp = client.get_experiment_by_name("airfoil-optimizers").experiment_id
+    for name in ("sgd", "adagrad", "rmsprop"):
+        assert len(list(csv.DictReader(open(project_copy / f"studies/{name}/trials.csv")))) == 6
+        journal = storage.open_storage("journal", name, config.load_params(project_copy / "params.yaml").study,
+                                       project_copy / "studies")
+        [summary] = optuna.get_all_study_summaries(journal)
+        trials = optuna.load_study(study_name=summary.study_name, storage=journal).trials
+        assert sum(study.is_counted(t) for t in trials) == 6
+        listed = subprocess.run(["optuna", "studies", "--storage", f"studies/{name}/optuna.journal",
+                                 "--storage-class", "JournalFileBackend", "-f", "json"],
+                                cwd=project_copy, capture_output=True, text=True, check=True)
+        assert json.loads(listed.stdout)[0]["n_trials"] == len(trials)
+        [parent] = client.search_runs([exp], f"tags.study_name = '{summary.study_name}' and tags.run_type = 'study'")
+        children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        assert sorted(int(r.data.tags["trial_number"]) for r in children) == [t.number for t in trials]
+        assert {"lr", "optimizer", "seeds", "batch_size", "epochs", "trial_number"} <= set(children[0].data.params)
+        assert [m.step for m in client.get_metric_history(children[0].info.run_id, "loss")] == list(range(200, 3001, 200))
+    shown = dvc(project_copy, "metrics", "show", "--json")
+    assert shown.returncode == 0 and "best_value" in shown.stdout and "tuned_final_loss" in shown.stdout
     [run] = client.search_runs([exp], "tags.run_type = 'report'")
     assert {"report.html", "report.pdf", "summary.json", "figures"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    again = dvc(project_copy, "repro")
+    assert again.returncode == 0 and "Running stage" not in again.stdout
 
     raw["evaluate"]["seeds"] = 4
     (project_copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -84,6 +120,6 @@ def test_dvc_repro_builds_both_reports_and_reruns_only_what_changed(project_copy
     assert second.returncode == 0, second.stderr[-3000:]
     ran = [line for line in second.stdout.splitlines() if line.startswith("Running stage")]
     assert ran == ["Running stage 'evaluate':", "Running stage 'report':"]
-    assert json.loads((reports / "summary.json").read_text())["seeds"] == [1000, 1001, 1002, 1003]
+    assert json.loads((project_copy / "reports/summary.json").read_text())["seeds"] == [1000, 1001, 1002, 1003]
     plots = dvc(project_copy, "plots", "show", "--json")
     assert plots.returncode == 0 and "convergence.csv" in plots.stdout

@@ -18,8 +18,8 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from pipeline import config, data, storage, study
-from conftest import prepared_project, run_env
-from servers import PASSWORD
+from conftest import assert_one_line_error, cli, prepared_project, run_env
+from servers import PASSWORD, free_port
 
 
 def make_project(tmp_path, raw_file, n_trials, epochs=2, record_every=200, batch_size=10, seeds=2,
@@ -279,3 +279,45 @@ def test_ctrl_c_stops_every_worker_cleanly_and_the_rerun_completes(raw_file, tmp
     assert len(counted) >= len(before) + 4 and len({t.number for t in counted}) == len(counted)
     assert all(t.value == before[t.number] for t in counted if t.number in before)  # kept, not redone
     check_mirrored(mlflow_runs(url, root)[1], s)
+
+
+@pytest.mark.parametrize("variable, template", [
+    ("OPTUNA_STORAGE", "postgresql://alice:{secret}@127.0.0.1:{port}/optuna"),
+    ("MLFLOW_TRACKING_URI", "http://alice:{secret}@127.0.0.1:{port}"),
+])
+def test_unreachable_storage_or_tracking_stops_before_any_work(variable, template, raw_file, tmp_path):
+    root = prepared_project(tmp_path / "project", raw_file)
+    secret = f"s3cret-{uuid.uuid4().hex[:6]}"
+    url = template.format(secret=secret, port=free_port())  # nothing listens there
+    result = cli("study", "sgd", cwd=root, **{variable: url})
+    assert_one_line_error(result, url.replace(secret, "***"))
+    assert secret not in result.stdout + result.stderr
+    assert not (root / "studies").exists() and not (root / "mlflow.db").exists()
+
+
+def test_scaled_out_studies_feed_dvc_repro_and_the_password_leaks_nowhere(postgres, mlflow_server, project_copy):
+    """The README's "Scaling out": workers fill the shared storage, then `dvc repro` builds the
+    report from it (the studies find their budget done)."""
+    from test_report import check_report, dvc, small_pipeline
+
+    raw = small_pipeline(project_copy)
+    raw["mlflow"]["experiment"] = f"pipeline-{uuid.uuid4().hex[:8]}"
+    (project_copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    shared = {"OPTUNA_STORAGE": postgres.create_database("optuna_pipeline"), "MLFLOW_TRACKING_URI": mlflow_server.url}
+    assert dvc(project_copy, "repro", "prepare", **shared).returncode == 0
+    workers = cli("study", "rmsprop", "--workers", "2", cwd=project_copy, CI="true", **shared)
+    assert workers.returncode == 0, workers.stderr[-2000:]
+    repro = dvc(project_copy, "repro", **shared)
+    assert repro.returncode == 0, repro.stderr[-3000:]
+    assert "6 of 6 trials already done" in repro.stderr  # RMSProp's study came from the workers
+    report_text = check_report(project_copy)
+
+    outputs = [workers.stdout, workers.stderr, repro.stdout, repro.stderr, report_text,
+               (project_copy / "dvc.lock").read_text()]
+    outputs += [p.read_text(errors="replace") for folder in ("studies", "reports") for p in (project_copy / folder).rglob("*")
+                if p.is_file() and p.suffix in (".csv", ".json", ".html")]
+    assert all(PASSWORD not in text for text in outputs)
+    assert "postgresql://postgres:***@127.0.0.1" in json.dumps([r.data.tags for r in mlflow_runs(mlflow_server.url,
+                                                                                                   project_copy)[1]])
+    for run in mlflow_runs(mlflow_server.url, project_copy)[1]:
+        assert PASSWORD not in json.dumps([run.data.params, run.data.tags])

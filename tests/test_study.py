@@ -195,24 +195,6 @@ def test_ctrl_c_stops_cleanly_and_resumes(project_copy):
     assert len({t.number for t in _counted(root, "adagrad")}) == 150
 
 
-def test_dvc_repro_runs_the_three_studies_then_is_a_no_op(project_copy):
-    root = _project(project_copy, n_trials=4)
-    first = subprocess.run(["dvc", "repro"], cwd=root, env=run_env(CI="true"), capture_output=True, text=True,
-                           timeout=600)
-    assert first.returncode == 0, first.stderr
-    for name in ("sgd", "adagrad", "rmsprop"):
-        assert len(read_csv(root / f"studies/{name}/trials.csv")) == 4
-        assert len(_counted(root, name)) == 4
-        listed = subprocess.run(["optuna", "studies", "--storage", f"studies/{name}/optuna.journal",
-                                 "--storage-class", "JournalFileBackend", "-f", "json"],
-                                cwd=root, capture_output=True, text=True, check=True)
-        assert json.loads(listed.stdout)[0]["n_trials"] == 4
-    shown = subprocess.run(["dvc", "metrics", "show", "--json"], cwd=root, capture_output=True, text=True, check=True)
-    assert "best_value" in shown.stdout
-    second = subprocess.run(["dvc", "repro"], cwd=root, env=run_env(CI="true"), capture_output=True, text=True)
-    assert second.returncode == 0 and "Running stage" not in second.stdout
-
-
 def test_trial_told_but_not_logged_is_completed_in_mlflow_on_resume(params, dataset, tmp_path, monkeypatch):
     """A crash between Optuna's tell and MLflow's log: the rerun logs the trial from its Optuna record."""
     p = with_study(params, n_trials=4, seeds_per_trial=2)
