@@ -24,7 +24,7 @@ def main() -> None:
     params = dataclasses.replace(params, study=dataclasses.replace(params.study, n_trials=args.trials))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        tracker = tracking.Tracker(f"sqlite:///{root}/mlflow.db", "benchmark", writer=True)
+        tracker = tracking.Tracker(f"sqlite:///{root}/mlflow.db", "benchmark")
         storage = study_storage.open_storage("journal", args.optimizer, params.study, root)
         _, _, timings = study.run_study(args.optimizer, params, dataset, storage, tracker, {})
     steady = timings[1:]  # trial 0 includes XLA compilation

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from pipeline import config, data
+from pipeline import config, data, paths
 from pipeline.errors import PipelineError
 
 
@@ -16,18 +16,18 @@ def cmd_download(args, params: config.Params) -> None:
     source = download.download(
         params.data.url,
         params.data.sha1,
-        data.RAW_PATH,
+        paths.RAW_PATH,
         mirror=os.environ.get(download.MIRROR_ENV) or None,
         timeout=params.data.timeout_s,
         retries=params.data.retries,
     )
-    print(f"downloaded {data.RAW_PATH} from {source} (SHA-1 verified)")
+    print(f"downloaded {paths.RAW_PATH} from {source} (SHA-1 verified)")
 
 
 def cmd_prepare(args, params: config.Params) -> None:
     from pipeline import prepare
 
-    stats = prepare.prepare(data.RAW_PATH, data.PREPARED_DIR, params.data.n_rows)
+    stats = prepare.prepare(paths.RAW_PATH, paths.PREPARED_DIR, params.data.n_rows)
     floor = stats["least_squares"]["loss"]
     print(f"prepared {stats['rows']} of {stats['rows_in_file']} rows; least-squares floor {floor:.6f}")
 
@@ -103,37 +103,42 @@ def git_commit() -> str:
 
 
 def cmd_study(args, params: config.Params) -> None:
-    import optuna
-
     from pipeline import storage, tracking
     from pipeline import workers as worker_processes
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one summary line per study, not one per trial
     storage_url = args.storage or os.environ.get("OPTUNA_STORAGE") or params.study.storage
     workers = args.workers or params.study.workers
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_TRACKING_URI
     # Everything that can fail is checked before anything is written: a storage server first,
     # then tracking, and only then the journal file (created on open).
-    journal = storage_url == storage.JOURNAL
-    store = None if journal else storage.open_storage(storage_url, args.optimizer, params.study)
+    open_store = lambda: storage.open_storage(storage_url, args.optimizer, params.study)  # noqa: E731
+    store = None if storage_url == storage.JOURNAL else open_store()
     dataset = data.load_prepared()
-    tracker = tracking.Tracker(tracking_uri, params.mlflow.experiment, writer=True)
-    if journal:
-        store = storage.open_storage(storage_url, args.optimizer, params.study)
-    helpers = worker_processes.spawn(args.optimizer, workers - 1, storage_url, args.params) if workers > 1 else []
-    try:
-        from pipeline import study  # TensorFlow: its import overlaps the writer's and helpers' start-up
-    except BaseException:
-        worker_processes.stop(helpers)
-        raise
-    tags = {"storage": config.mask_url(storage_url), "git_commit": git_commit(), "data_sha1": params.data.sha1}
-    progress = sys.stderr.isatty() and not os.environ.get("CI") and not args.worker
-    result, parent_id, timings = study.run_study(args.optimizer, params, dataset, store, tracker, tags, progress,
-                                                 helpers)
-    if args.worker:
-        return  # a helper: the worker that started it writes the outputs
-    outcome = study.write_outputs(result, args.optimizer, params, storage.study_dir(args.optimizer), timings)
-    study.log_study_summary(tracker, parent_id, result, args.optimizer, outcome)
+    with tracking.Tracker(tracking_uri, params.mlflow.experiment) as tracker:  # starts MLflow's process
+        helpers = []
+        if workers > 1:  # helpers start once the stores are known to work, then import TensorFlow beside us
+            tracker.ready()
+            store = store or open_store()
+            helpers = worker_processes.spawn(args.optimizer, workers - 1, storage_url, args.params)
+        try:
+            from pipeline import study  # TensorFlow, while MLflow's process starts
+
+            tracker.ready()
+            store = store or open_store()
+        except BaseException:
+            worker_processes.stop(helpers)
+            raise
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # one summary line per study, not per trial
+        tags = {"storage": config.mask_url(storage_url), "git_commit": git_commit(), "data_sha1": params.data.sha1}
+        progress = sys.stderr.isatty() and not os.environ.get("CI") and not args.worker
+        result, parent_id, timings = study.run_study(args.optimizer, params, dataset, store, tracker, tags,
+                                                     progress, helpers)
+        if args.worker:
+            return  # a helper: the worker that started it writes the outputs
+        outcome = study.write_outputs(result, args.optimizer, params, storage.study_dir(args.optimizer), timings)
+        study.log_study_summary(tracker, parent_id, result, args.optimizer, outcome)
     m = outcome["metrics"]
     per_trial = f", {1000 * np.mean([t['total'] for t in timings]):.1f} ms/trial" if timings else ""
     extra = f", {m['extra_trials']} extra not counted" if m["extra_trials"] else ""
@@ -143,9 +148,9 @@ def cmd_study(args, params: config.Params) -> None:
 
 
 def cmd_evaluate(args, params: config.Params) -> None:
-    from pipeline import evaluate, storage
+    from pipeline import evaluate
 
-    summary = evaluate.evaluate(data.load_prepared(), params, storage.STUDIES_DIR)
+    summary = evaluate.evaluate(data.load_prepared(), params, paths.STUDIES_DIR)
     for name, s in summary["optimizers"].items():
         tuned = s["tuned_final_loss"]
         print(f"{name}: tuned {tuned['mean']:.6f} +/- {tuned['ci95']:.6f} (book {s['book_final_loss']['mean']:.6f}), "
@@ -156,23 +161,23 @@ def cmd_report(args, params: config.Params) -> None:
     import dataclasses
     import json
 
-    from pipeline import evaluate, report, storage, tracking
+    from pipeline import report, tracking
 
-    dataset_stats = data.load_prepared().stats
-    inputs = report.Inputs(params, evaluate.EVAL_DIR, evaluate.SUMMARY, storage.STUDIES_DIR, dataset_stats)
-    commit = git_commit()
-    captions = report.render(inputs, report.REPORTS, commit)
-    tracker = tracking.Tracker(os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_TRACKING_URI,
-                               params.mlflow.experiment)
-    summary = json.loads(evaluate.SUMMARY.read_text())
-    metrics = {f"{o}_{family}_final_loss": s[f"{family}_final_loss"]["mean"]
-               for o, s in summary["optimizers"].items() for family in ("tuned", "book")}
-    metrics.update({f"{o}_regret": s["regret"] for o, s in summary["optimizers"].items() if s["regret"] is not None})
-    files = [(report.REPORTS / "report.html", None), (report.REPORTS / "report.pdf", None), (evaluate.SUMMARY, None)]
-    files += [(report.REPORTS / "figures" / f"{name}.png", "figures") for name in captions]
-    tracker.log_report("evaluation-report", {f"evaluate.{k}": v for k, v in dataclasses.asdict(params.evaluate).items()},
-                       metrics, {"git_commit": commit, "data_sha1": params.data.sha1}, files)
-    print(f"wrote {report.REPORTS}/report.html, report.pdf and {len(captions)} figures; logged to MLflow")
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_TRACKING_URI
+    with tracking.Tracker(tracking_uri, params.mlflow.experiment) as tracker:  # starts while we render
+        inputs = report.Inputs(params, paths.EVAL_DIR, paths.SUMMARY, paths.STUDIES_DIR, data.load_prepared().stats)
+        commit = git_commit()
+        captions = report.render(inputs, paths.REPORTS, commit)
+        summary = json.loads(paths.SUMMARY.read_text())
+        metrics = {f"{o}_{family}_final_loss": s[f"{family}_final_loss"]["mean"]
+                   for o, s in summary["optimizers"].items() for family in ("tuned", "book")}
+        metrics.update({f"{o}_regret": s["regret"] for o, s in summary["optimizers"].items() if s["regret"] is not None})
+        files = [(paths.REPORTS / "report.html", None), (paths.REPORTS / "report.pdf", None), (paths.SUMMARY, None)]
+        files += [(paths.REPORTS / "figures" / f"{name}.png", "figures") for name in captions]
+        tracker.log_report("evaluation-report",
+                           {f"evaluate.{k}": v for k, v in dataclasses.asdict(params.evaluate).items()},
+                           metrics, {"git_commit": commit, "data_sha1": params.data.sha1}, files)
+    print(f"wrote {paths.REPORTS}/report.html, report.pdf and {len(captions)} figures; logged to MLflow")
 
 
 def _positive_int(text: str) -> int:
@@ -211,13 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     p = sub.add_parser("download", help="fetch the airfoil file and verify its SHA-1",
-                       description=f"Fetch data.url into {data.RAW_PATH} and verify data.sha1. "
+                       description=f"Fetch data.url into {paths.RAW_PATH} and verify data.sha1. "
                        "If AIRFOIL_MIRROR is set (a path or URL), it is tried first.")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("prepare", help="validate, standardize, keep the first data.n_rows rows",
-                       description=f"Validate {data.RAW_PATH}, standardize every column and write the "
-                       f"first data.n_rows rows and stats.json to {data.PREPARED_DIR}/.")
+                       description=f"Validate {paths.RAW_PATH}, standardize every column and write the "
+                       f"first data.n_rows rows and stats.json to {paths.PREPARED_DIR}/.")
     p.set_defaults(func=cmd_prepare)
 
     def optimizer_flags(p):

@@ -7,8 +7,8 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 
-RAW_PATH = Path("data/raw/airfoil_self_noise.dat")
-PREPARED_DIR = Path("data/prepared")
+from pipeline.paths import PREPARED_DIR
+
 ARRAYS_FILE = "airfoil.npz"
 STATS_FILE = "stats.json"
 

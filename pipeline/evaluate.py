@@ -23,9 +23,8 @@ from pipeline import engine, fileio, optimizers, quadratic, reference
 from pipeline.config import Params, Range
 from pipeline.data import Dataset
 from pipeline.errors import PipelineError
+from pipeline.paths import EVAL_DIR, SUMMARY
 
-EVAL_DIR = Path("reports/evaluation")
-SUMMARY = Path("reports/summary.json")
 CORDS = ("w1", "w2", "w3", "w4", "w5", "b")
 
 

@@ -22,9 +22,9 @@ from optuna.trial import TrialState
 
 from pipeline.config import StudyParams, mask_url
 from pipeline.errors import PipelineError
+from pipeline.paths import STUDIES_DIR
 
 log = logging.getLogger(__name__)
-STUDIES_DIR = Path("studies")
 JOURNAL = "journal"  # params value for the embedded default storage
 HOST = socket.gethostname()
 WORKER = f"{HOST}:{os.getpid()}"

@@ -368,8 +368,6 @@ def run_study(optimizer: str, params: Params, dataset: Dataset, store, tracker: 
         except Exception as e:  # do not hide why we stopped
             log.warning("MLflow not updated on the way out: %s", e)
         raise
-    finally:
-        tracker.close()
     for t in timings:
         t["mlflow_background"] = tracker.seconds.get(t["number"], 0.0)
     return session.study, session.parent_id, timings

@@ -29,13 +29,20 @@ def with_study(params, **changes):
     return dataclasses.replace(params, study=s)
 
 
-def run(optimizer, params, dataset, root, storage="journal"):
+def run(optimizer, params, dataset, root, storage="journal", summary=False):
     """The study command's work, in-process: storage and MLflow under root."""
-    tracker = tracking.Tracker(f"sqlite:///{root}/mlflow.db", "test")
-    opened = storage_mod.open_storage(storage, optimizer, params.study, root)
-    result, parent, timings = study.run_study(optimizer, params, dataset, opened, tracker, {"storage": storage})
-    outcome = study.write_outputs(result, optimizer, params, root / optimizer, timings)
-    return result, tracker, parent, outcome
+    with tracking.Tracker(f"sqlite:///{root}/mlflow.db", "test") as tracker:
+        opened = storage_mod.open_storage(storage, optimizer, params.study, root)
+        result, parent, timings = study.run_study(optimizer, params, dataset, opened, tracker, {"storage": storage})
+        outcome = study.write_outputs(result, optimizer, params, root / optimizer, timings)
+        if summary:
+            study.log_study_summary(tracker, parent, result, optimizer, outcome)
+    return result, MlflowClient(f"sqlite:///{root}/mlflow.db"), parent, outcome
+
+
+def child_runs(client, parent):
+    return client.search_runs(client.get_experiment_by_name("test").experiment_id,
+                              f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000)
 
 
 def read_csv(path):
@@ -72,9 +79,7 @@ def test_rerun_with_same_params_runs_nothing_and_more_trials_extend(params, data
 
 def test_trials_are_logged_to_mlflow_under_one_parent(params, dataset, tmp_path):
     p = with_study(params, n_trials=6, seeds_per_trial=3)
-    result, tracker, parent, outcome = run("rmsprop", p, dataset, tmp_path)
-    study.log_study_summary(tracker, parent, result, "rmsprop", outcome)
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    result, client, parent, outcome = run("rmsprop", p, dataset, tmp_path, summary=True)
     exp = client.get_experiment_by_name("test").experiment_id
     parents = client.search_runs([exp], "tags.run_type = 'study'")
     assert [r.info.run_id for r in parents] == [parent]
@@ -82,7 +87,7 @@ def test_trials_are_logged_to_mlflow_under_one_parent(params, dataset, tmp_path)
     assert parents[0].data.metrics["best_value"] == pytest.approx(outcome["best"].value)
     artifacts = {a.path for a in client.list_artifacts(parent)}
     assert {"optimization_history.png", "slice.png", "lr_gamma_contour.png"} <= artifacts
-    children = tracker.child_runs(parent)
+    children = child_runs(client, parent)
     assert sorted(int(r.data.tags["trial_number"]) for r in children) == list(range(6))
     trials = {t.number: t for t in result.trials}
     for child in children:
@@ -100,7 +105,7 @@ def test_trials_are_logged_to_mlflow_under_one_parent(params, dataset, tmp_path)
 def test_diverged_trials_fail_with_reason_and_never_win(params, dataset, tmp_path):
     p = with_study(params, n_trials=8, seeds_per_trial=2,
                    search_space={"lr": config.Range(0.02, 3.0, "log")})
-    result, tracker, parent, outcome = run("sgd", p, dataset, tmp_path)
+    result, client, parent, outcome = run("sgd", p, dataset, tmp_path)
     failed = [t for t in result.trials if t.state == TrialState.FAIL]
     assert failed and all(t.user_attrs["fail_reason"].startswith("diverged") for t in failed)
     assert outcome["metrics"]["diverged"] == len(failed) and outcome["metrics"]["trials"] == 8
@@ -108,7 +113,7 @@ def test_diverged_trials_fail_with_reason_and_never_win(params, dataset, tmp_pat
     rows = read_csv(tmp_path / "sgd/trials.csv")
     assert sum(r["diverged"] == "1" for r in rows) == len(failed)
     assert all(r["objective"] == "" for r in rows if r["diverged"] == "1")
-    statuses = {int(r.data.tags["trial_number"]): r.info.status for r in tracker.child_runs(parent)}
+    statuses = {int(r.data.tags["trial_number"]): r.info.status for r in child_runs(client, parent)}
     assert all(statuses[t.number] == "FAILED" for t in failed)
 
 
@@ -209,12 +214,12 @@ def test_trial_told_but_not_logged_is_completed_in_mlflow_on_resume(params, data
     with pytest.raises(KeyboardInterrupt):
         run("rmsprop", p, dataset, tmp_path)
     monkeypatch.setattr(study, "log_trial", real_log)
-    result, tracker, parent, _ = run("rmsprop", p, dataset, tmp_path)
+    result, client, parent, _ = run("rmsprop", p, dataset, tmp_path)
     assert result.trials[2].state == TrialState.COMPLETE and len(result.trials) == 4
-    runs = {int(r.data.tags["trial_number"]): r for r in tracker.child_runs(parent)}
+    runs = {int(r.data.tags["trial_number"]): r for r in child_runs(client, parent)}
     assert sorted(runs) == [0, 1, 2, 3] and runs[2].info.status == "FINISHED"
     assert runs[2].data.metrics["objective"] == pytest.approx(result.trials[2].value)
-    history = tracker.client.get_metric_history(runs[2].info.run_id, "loss")
+    history = client.get_metric_history(runs[2].info.run_id, "loss")
     assert [m.step for m in history] == list(range(200, 3001, 200))
 
 
