@@ -24,9 +24,9 @@ def main() -> None:
     params = dataclasses.replace(params, study=dataclasses.replace(params.study, n_trials=args.trials))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        tracker = tracking.Tracker(f"sqlite:///{root}/mlflow.db", "benchmark")
         storage = study_storage.open_storage("journal", args.optimizer, params.study, root)
-        _, _, timings = study.run_study(args.optimizer, params, dataset, storage, tracker, {})
+        with tracking.Tracker(f"sqlite:///{root}/mlflow.db", "benchmark") as tracker:
+            _, _, timings = study.run_study(args.optimizer, params, dataset, storage, tracker, {})
     steady = timings[1:]  # trial 0 includes XLA compilation
     print(f"{args.optimizer}: {len(timings)} trials, journal storage, SQLite MLflow store")
     print(f"{'part':<10}{'median ms':>12}{'mean ms':>10}{'share':>8}")

@@ -69,7 +69,7 @@ class StudyParams:
 class EvaluateParams:
     seeds: int  # seeds per re-run of the winners and the book's settings
     first_seed: int  # evaluation seeds start here, apart from the study's, so winners meet fresh randomness
-    framework_seeds: int  # Keras runs go through the book's slow eager loop
+    framework_seeds: int  # Keras runs go through the book's loop, one seed at a time
     floor_tolerance: float  # "reached the floor": loss <= (1 + tolerance) * least-squares floor
     lr_points: int  # landscape: lr grid for one-hyperparameter optimizers
     grid_points: int  # landscape: lr x gamma grid side for RMSProp

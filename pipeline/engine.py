@@ -34,6 +34,11 @@ class TrainResult(NamedTuple):
         """(K,) last recorded loss, NaN where the run diverged."""
         return np.where(self.diverged, np.nan, self.losses[:, -1])
 
+    def take(self, rows: slice) -> "TrainResult":
+        """The runs in `rows`, as if trained on their own (rows never mix)."""
+        return self._replace(losses=self.losses[rows], effective_lr=self.effective_lr[rows], params=self.params[rows],
+                             diverged=self.diverged[rows])
+
     def score(self, objective: str) -> np.ndarray:
         """(K,) a study objective per run: "final_loss", or "mean_loss" over the whole curve
         (which also rewards getting there fast). NaN where the run diverged."""
@@ -193,6 +198,23 @@ def train(
         blew_up = (losses > protocol.diverge_factor * start[:, None]).any(axis=1)
     diverged = ~(np.isfinite(losses).all(axis=1) & np.isfinite(theta).all(axis=1)) | blew_up
     return TrainResult(sched.examples, losses, eff_lr, theta, diverged)
+
+
+def train_groups(dataset: Dataset, optimizer: str, groups: list, protocol: TrainParams) -> list:
+    """Several (hyper, seeds) groups in one call, one TrainResult each: the loop compiles once
+    for them all instead of once per group shape."""
+    sizes, hypers, seeds = [], [], []
+    names = optimizers.get(optimizer).hyperparams
+    for hyper, group_seeds in groups:
+        group_seeds = np.atleast_1d(group_seeds)
+        k = max([len(group_seeds)] + [np.size(hyper[h]) for h in names])
+        sizes.append(k)
+        hypers.append({h: np.broadcast_to(np.asarray(hyper[h], np.float32), (k,)) for h in names})
+        seeds.append(np.broadcast_to(group_seeds, (k,)))
+    result = train(dataset, optimizer, {h: np.concatenate([g[h] for g in hypers]) for h in names},
+                   np.concatenate(seeds), protocol)
+    ends = np.cumsum(sizes)
+    return [result.take(slice(end - k, end)) for k, end in zip(sizes, ends)]
 
 
 def gram_matrix(dataset: Dataset) -> np.ndarray:

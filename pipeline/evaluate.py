@@ -1,6 +1,6 @@
 """`evaluate` stage: re-run the winners, compare with the book and Keras, map the landscape.
 
-One batched engine call per family of curves. Writes under reports/evaluation/:
+One batched engine call per optimizer: tuned, book and landscape runs share its compilation. Writes under reports/evaluation/:
   curves.csv         family (tuned, book, framework), optimizer, seed, examples, loss, excess_loss
   convergence.csv    examples and each optimizer's mean tuned loss (for `dvc plots`)
   effective_lr.csv   examples and each optimizer's mean tuned effective lr (for `dvc plots`)
@@ -63,19 +63,25 @@ def grid(r: Range, n: int) -> np.ndarray:
     return np.linspace(r.low, r.high, n)
 
 
-def landscape(dataset: Dataset, optimizer: str, params: Params) -> list:
-    """The study's objective on a dense grid, with the study's seeds: its minimum is ground truth."""
+def landscape_grid(optimizer: str, params: Params) -> tuple:
+    """The study's search space as a dense grid, each point repeated over the study's seeds:
+    (points {hyperparameter: (k,)}, hyper {hyperparameter: (k * s,)}, seeds (k * s,))."""
     space, ev = params.study.search_space, params.evaluate
     names = optimizers.get(optimizer).hyperparams
     side = ev.lr_points if len(names) == 1 else ev.grid_points
     axes = np.meshgrid(*[grid(space[h], side) for h in names], indexing="ij")
     points = {h: a.reshape(-1) for h, a in zip(names, axes)}
     seeds = np.arange(params.study.seeds_per_trial)
-    k, s = len(next(iter(points.values()))), len(seeds)
-    result = engine.train(dataset, optimizer, {h: np.repeat(v, s) for h, v in points.items()},
-                          np.tile(seeds, k), params.train)
-    score = result.score(params.study.objective).reshape(k, s)
-    diverged = result.diverged.reshape(k, s).any(axis=1)
+    k = len(points["lr"])
+    return points, {h: np.repeat(v, len(seeds)) for h, v in points.items()}, np.tile(seeds, k)
+
+
+def landscape(optimizer: str, points: dict, result: engine.TrainResult, params: Params) -> list:
+    """The study's objective at each grid point, from the runs of landscape_grid: its minimum is
+    ground truth for the study."""
+    k = len(points["lr"])
+    score = result.score(params.study.objective).reshape(k, -1)
+    diverged = result.diverged.reshape(k, -1).any(axis=1)
     value = np.where(diverged, np.nan, score.mean(axis=1))
     return [{"optimizer": optimizer, "lr": points["lr"][i], "gamma": points.get("gamma", [None] * k)[i],
              "objective": value[i], "diverged": int(diverged[i])} for i in range(k)]
@@ -107,10 +113,11 @@ def evaluate(dataset: Dataset, params: Params, studies_dir: Path, out_dir: Path 
     for name in params.study.optimizers:
         best, trials = read_study(name, studies_dir)
         settings = {"tuned": best["hyperparams"], "book": params.book[name]}
-        runs = {}
-        for family, hyper in settings.items():
-            result = engine.train(dataset, name, hyper, seeds, params.train)
-            runs[family] = result
+        points, grid_hyper, grid_seeds = landscape_grid(name, params)
+        *trained, grid_runs = engine.train_groups(
+            dataset, name, [(hyper, seeds) for hyper in settings.values()] + [(grid_hyper, grid_seeds)], params.train)
+        runs = dict(zip(settings, trained))
+        for family, result in runs.items():
             for seed, losses in zip(seeds, result.losses):
                 curves += [{"family": family, "optimizer": name, "seed": int(seed), "examples": int(x),
                             "loss": float(v), "excess_loss": float(v - floor)} for x, v in zip(result.examples, losses)]
@@ -125,13 +132,13 @@ def evaluate(dataset: Dataset, params: Params, studies_dir: Path, out_dir: Path 
 
         # Framework: Keras's built-in, through the book's eager loop, on the first evaluation seeds.
         keras = [reference.train_eager(dataset, name, best["hyperparams"], int(s), params.train, use_keras=True,
-                                       book_evaluation=False) for s in seeds[: ev.framework_seeds]]
+                                       book_loop=False) for s in seeds[: ev.framework_seeds]]
         for seed, k in zip(seeds, keras):
             curves += [{"family": "framework", "optimizer": name, "seed": int(seed), "examples": int(x),
                         "loss": float(v), "excess_loss": float(v - floor)} for x, v in zip(k.examples, k.losses[0])]
         keras_gap = float(max(np.abs(k.losses[0] - tuned.losses[i]).max() for i, k in enumerate(keras)))
 
-        grid_rows = landscape(dataset, name, params)
+        grid_rows = landscape(name, points, grid_runs, params)
         land += grid_rows
         finite = [r for r in grid_rows if not r["diverged"]]
         optimum = min(finite, key=lambda r: r["objective"]) if finite else None

@@ -65,6 +65,18 @@ def test_batched_call_equals_single_calls(dataset, params):
         np.testing.assert_array_equal(batched.params[i], single.params[0])
 
 
+def test_groups_trained_together_equal_their_own_calls(dataset, params):
+    groups = [({"lr": 0.01, "gamma": 0.9}, np.arange(3)),  # one setting over seeds
+              ({"lr": np.array([0.003, 0.03]), "gamma": np.array([0.99, 0.5])}, np.array([7])),  # a grid on one seed
+              ({"lr": 0.02, "gamma": 0.95}, np.array([4, 5]))]
+    together = engine.train_groups(dataset, "rmsprop", groups, params.train)
+    assert [len(r.losses) for r in together] == [3, 2, 2]
+    for (hyper, seeds), got in zip(groups, together):
+        alone = engine.train(dataset, "rmsprop", hyper, seeds, params.train)
+        for field in ("losses", "effective_lr", "params", "diverged"):
+            np.testing.assert_array_equal(getattr(got, field), getattr(alone, field))
+
+
 def test_divergence_is_flagged_per_configuration(dataset, params):
     result = engine.train(dataset, "sgd", {"lr": [1.0, 0.05, 3.0]}, [0], params.train)
     assert list(result.diverged) == [True, False, True]
