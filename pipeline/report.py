@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import json
+import multiprocessing
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -310,30 +311,56 @@ REPRODUCE = ["make repro            # set up .venv and run dvc repro (download .
 # --- rendering ------------------------------------------------------------------------------
 
 def render(d: Inputs, out_dir: Path, commit: str) -> dict:
-    """Write report.html, report.pdf and figures/*.png; return the figure files and captions."""
+    """Write report.html, report.pdf and figures/*.png; return the figure files and captions.
+
+    The PDF is drawn in a forked process while this one draws the PNGs: each figure is drawn
+    once per format anyway, and the two halves take about as long as each other."""
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     header, rows = results_table(d)
     setup = setup_lines(d, commit)
-    rendered = {}  # section -> [(name, png bytes, caption)]
     with fileio.atomic_path(out_dir / "report.pdf") as tmp_pdf:
-        with PdfPages(tmp_pdf) as pdf:
-            _pdf_text_page(pdf, setup, header, rows)
-            for section, figures in FIGURES.items():
-                for i, (name, make) in enumerate(figures):
-                    made = make(d)
-                    if made is None:
-                        continue
-                    fig, caption = made
-                    buf = io.BytesIO()
-                    fig.savefig(buf, format="png", bbox_inches="tight")
-                    fileio.write_bytes(fig_dir / f"{name}.png", buf.getvalue())
-                    rendered.setdefault(section, []).append((name, buf.getvalue(), caption))
-                    _pdf_figure_page(pdf, fig, section if i == 0 else None, caption)
-                    plt.close(fig)
-            _pdf_reproduce_page(pdf)
+        pdf_writer = multiprocessing.get_context("fork").Process(
+            target=_write_pdf, args=(d, tmp_pdf, setup, header, rows), name="report-pdf")
+        pdf_writer.start()
+        try:
+            rendered = {}  # section -> [(name, png bytes, caption)]
+            for section, name, fig, caption in _figures(d):
+                buf = io.BytesIO()
+                fig.savefig(buf, format="png", bbox_inches="tight")
+                plt.close(fig)
+                fileio.write_bytes(fig_dir / f"{name}.png", buf.getvalue())
+                rendered.setdefault(section, []).append((name, buf.getvalue(), caption))
+        except BaseException:
+            pdf_writer.terminate()  # no PDF without the rest of the report
+            raise
+        finally:
+            pdf_writer.join()
+        if pdf_writer.exitcode != 0:
+            raise PipelineError(f"drawing report.pdf failed (exit {pdf_writer.exitcode}, traceback above): "
+                                f"fix the figure it names and rerun `dvc repro report`")
     fileio.write_bytes(out_dir / "report.html", _html(setup, header, rows, rendered).encode())
     return {name: caption for figs in rendered.values() for name, _, caption in figs}
+
+
+def _figures(d: Inputs):
+    """(section, name, figure, caption) for every figure this run has, in report order."""
+    for section, figures in FIGURES.items():
+        for name, make in figures:
+            made = make(d)
+            if made is not None:
+                yield (section, name, *made)
+
+
+def _write_pdf(d: Inputs, path: Path, setup, header, rows) -> None:
+    with PdfPages(path) as pdf:
+        _pdf_text_page(pdf, setup, header, rows)
+        titled = set()
+        for section, name, fig, caption in _figures(d):
+            _pdf_figure_page(pdf, fig, None if section in titled else section, caption)
+            titled.add(section)
+            plt.close(fig)
+        _pdf_reproduce_page(pdf)
 
 
 def _pdf_text_page(pdf, setup, header, rows):
