@@ -1,0 +1,197 @@
+"""Every speed figure of the project in one run: engine, study trials, scaling, the whole pipeline.
+
+    python benchmarks/run.py [--quick]        (from the project root, after `make repro`)
+
+Writes benchmarks/results.md and benchmarks/results.json: machine, versions, medians over repeats,
+ratios. --quick shrinks every size for a sanity run (under a minute); its figures are not targets.
+The pipeline part clones the committed project into a temporary directory, so uncommitted edits are
+not measured; AIRFOIL_MIRROR must be set on machines without internet.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+import engine as engine_bench  # noqa: E402  benchmarks/engine.py
+from pipeline import config, data, engine, reference, study, tracking  # noqa: E402
+from pipeline import storage as study_storage  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = Path(__file__).parent
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    mem = next((int(line.split()[1]) // 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal")), 0)
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_mib": mem, "python": platform.python_version(),
+            **{p: metadata.version(p) for p in ("tensorflow-cpu", "optuna", "mlflow", "dvc", "numpy")}}
+
+
+def bench_engine(ds, protocol, repeats, ks):
+    hyper = {"lr": 0.01, "gamma": 0.9}
+    eager = engine_bench.median_time(lambda: reference.train_eager(ds, "rmsprop", hyper, 0, protocol), max(1, repeats // 2))
+    rows = []
+    for k in ks:
+        grid = {"lr": np.geomspace(1e-4, 1.0, k), "gamma": np.linspace(0.5, 0.999, k)}
+        t = engine_bench.median_time(lambda: engine.train(ds, "rmsprop", grid, np.arange(k) % 4, protocol), repeats)
+        rows.append({"K": k, "seconds": t, "us_per_config": t / k * 1e6, "speedup_per_config": eager / (t / k)})
+    return {"eager_seconds": eager, "rows": rows}
+
+
+def bench_study(ds, params, n_trials, seeds_per_trial=3):
+    p = dataclasses.replace(params, study=dataclasses.replace(params.study, n_trials=n_trials,
+                                                              seeds_per_trial=seeds_per_trial))
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = study_storage.open_storage("journal", "rmsprop", p.study, Path(tmp))
+        start = time.perf_counter()
+        with tracking.Tracker(f"sqlite:///{tmp}/mlflow.db", "benchmark") as tracker:
+            _, _, timings = study.run_study("rmsprop", p, ds, storage, tracker, {})
+        wall = time.perf_counter() - start
+    steady = timings[1:] or timings
+    parts = {k: 1000 * statistics.mean(t[k] for t in steady)
+             for k in ("train", "optuna", "mlflow", "total", "mlflow_background")}
+    tail = steady[-min(10, len(steady)):]
+    return {"trials": n_trials, "seeds": seeds_per_trial, "wall_s": wall, **{f"{k}_ms": v for k, v in parts.items()},
+            "median_total_ms": 1000 * statistics.median(t["total"] for t in steady),
+            "last10_optuna_ms": 1000 * statistics.mean(t["optuna"] for t in tail),
+            "last10_total_ms": 1000 * statistics.mean(t["total"] for t in tail)}
+
+
+# Measures through a small interpreter: a child forked straight from this process (TensorFlow
+# loaded) would inherit its high-water RSS mark and report it as its own.
+_MEASURE = ("import os, subprocess, sys\n"
+            "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+            "_, status, usage = os.wait4(p.pid, 0)\n"
+            "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)")
+
+
+def run_measured(cmd, cwd, env):
+    """Wall seconds and peak RSS (MiB) of a command and everything it starts."""
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    code, maxrss_kib = map(int, out.stdout.split())
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed in {cwd} (exit {code}); rerun it there to see why")
+    return seconds, maxrss_kib / 1024
+
+
+def fresh_clone(tmp: Path, name: str, params_edit=None) -> Path:
+    dest = tmp / name
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
+    if params_edit:
+        import yaml
+        raw = yaml.safe_load((dest / "params.yaml").read_text())
+        params_edit(raw)
+        (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return dest
+
+
+def bench_pipeline(quick: bool, repeats: int):
+    """Cold `dvc repro` in fresh clones (median of `repeats`), a no-op rerun, and each stage alone."""
+    env = {**os.environ, "CI": "true", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("OPTUNA_STORAGE", None)
+
+    def shrink(raw):
+        if quick:
+            raw["study"]["n_trials"] = 10
+            raw["evaluate"].update(seeds=3, framework_seeds=1, lr_points=16, grid_points=8)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cold = []
+        for i in range(repeats):
+            whole = fresh_clone(Path(tmp), f"whole{i}", shrink)
+            cold.append(run_measured(["dvc", "repro"], whole, env))
+        noop = [run_measured(["dvc", "repro"], whole, env)[0] for _ in range(3)]
+        staged = fresh_clone(Path(tmp), "staged", shrink)
+        stages = ["download", "prepare", *[f"study@{o}" for o in ("sgd", "adagrad", "rmsprop")], "evaluate", "report"]
+        per_stage = []
+        for name in stages:
+            seconds, rss = run_measured(["dvc", "repro", "--single-item", name], staged, env)
+            per_stage.append({"stage": name, "seconds": seconds, "peak_rss_mib": rss})
+    seconds = [c[0] for c in cold]
+    return {"cold_seconds": statistics.median(seconds), "cold_runs": seconds,
+            "cold_peak_rss_mib": max(c[1] for c in cold), "noop_seconds": statistics.median(noop),
+            "stages": per_stage}
+
+
+def markdown(r: dict) -> str:
+    m, e = r["machine"], r["engine"]
+    k1 = next(x for x in e["rows"] if x["K"] == 1)
+    k1024 = next((x for x in e["rows"] if x["K"] == 1024), None)
+    lines = [f"# Benchmark results{' (--quick: not the targets)' if r['quick'] else ''}", "",
+             f"{m['cpu']}, {m['cores']} cores, {m['memory_mib']} MiB; Python {m['python']}, TensorFlow "
+             f"{m['tensorflow-cpu']}, Optuna {m['optuna']}, MLflow {m['mlflow']}, DVC {m['dvc']}. {r['date']}.", "",
+             "## Targets", "", "| target | measured |", "| --- | --- |",
+             f"| cold `dvc repro` <= 60 s | {r['pipeline']['cold_seconds']:.1f} s (median of "
+             f"{', '.join(f'{x:.1f}' for x in r['pipeline']['cold_runs'])}) |",
+             f"| peak memory of any stage <= 2 GiB | {r['pipeline']['cold_peak_rss_mib']:.0f} MiB |",
+             f"| no-op `dvc repro` <= 3 s | {r['pipeline']['noop_seconds']:.2f} s |",
+             f"| study trial <= 40 ms (100 trials) | {r['study_default']['total_ms']:.1f} ms mean, "
+             f"{r['study_default']['median_total_ms']:.1f} median (train {r['study_default']['train_ms']:.1f}, "
+             f"Optuna {r['study_default']['optuna_ms']:.1f}, waiting on MLflow {r['study_default']['mlflow_ms']:.1f}; "
+             f"MLflow's own process {r['study_default']['mlflow_background_ms']:.1f} per run beside them) |",
+             f"| engine K = 1 >= 200x the eager loop | {e['eager_seconds'] / k1['seconds']:.0f}x "
+             f"({1000 * k1['seconds']:.2f} ms vs {e['eager_seconds']:.2f} s) |"]
+    if k1024:
+        lines.append(f"| engine K = 1024 <= 25 us per config | {k1024['us_per_config']:.1f} us "
+                     f"({k1024['speedup_per_config']:.0f}x the eager loop per config) |")
+    lines += ["", "## Pipeline stages (each in its own `dvc repro --single-item`, cold)", "",
+              "| stage | seconds | peak RSS MiB |", "| --- | --- | --- |",
+              *[f"| {s['stage']} | {s['seconds']:.1f} | {s['peak_rss_mib']:.0f} |" for s in r["pipeline"]["stages"]],
+              "", "## Engine: time against K (lr x gamma grid, 4 seeds)", "",
+              "| K | median ms | us per config | x eager per config |", "| --- | --- | --- | --- |",
+              *[f"| {x['K']} | {1000 * x['seconds']:.2f} | {x['us_per_config']:.1f} | {x['speedup_per_config']:.0f} |"
+                for x in e["rows"]],
+              "", "## Study: time against the number of trials (RMSProp, 3 seeds per trial)", "",
+              "| trials | wall s | ms / trial | train | Optuna | waiting on MLflow | MLflow process per run "
+              "| Optuna, last 10 trials |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |",
+              *[f"| {s['trials']} | {s['wall_s']:.1f} | {s['total_ms']:.1f} | {s['train_ms']:.2f} | {s['optuna_ms']:.2f} "
+                f"| {s['mlflow_ms']:.2f} | {s['mlflow_background_ms']:.2f} | {s['last10_optuna_ms']:.2f} |"
+                for s in r["study_trials"]],
+              "", "## Study: time against seeds per trial (RMSProp, 50 trials)", "",
+              "| seeds | ms / trial | train ms |", "| --- | --- | --- |",
+              *[f"| {s['seeds']} | {s['total_ms']:.1f} | {s['train_ms']:.2f} |" for s in r["study_seeds"]], ""]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    params, ds = config.load_params(ROOT / "params.yaml"), data.load_prepared(ROOT / "data/prepared")
+    q = args.quick
+    results = {"quick": q, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine()}
+    print("engine ...", flush=True)
+    results["engine"] = bench_engine(ds, params.train, 2 if q else 7,
+                                     [1, 64, 1024] if q else [1, 4, 16, 64, 256, 1024, 4096, 8192])
+    print("study trials ...", flush=True)
+    results["study_trials"] = [bench_study(ds, params, n) for n in ([10, 30] if q else [10, 100, 1000])]
+    results["study_default"] = results["study_trials"][-1 if q else 1]
+    print("study seeds ...", flush=True)
+    results["study_seeds"] = [bench_study(ds, params, 10 if q else 50, s) for s in ([1, 10] if q else [1, 3, 10, 30])]
+    print("pipeline ...", flush=True)
+    results["pipeline"] = bench_pipeline(q, 1 if q else 3)
+    text = markdown(results)
+    suffix = "_quick" if q else ""
+    (OUT / f"results{suffix}.md").write_text(text)
+    (OUT / f"results{suffix}.json").write_text(json.dumps(results, indent=2))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
