@@ -52,7 +52,7 @@ class Schedule(NamedTuple):
 
     steps_per_epoch: int
     step_rows: np.ndarray  # (T,) rows in each step's batch (the last of an epoch may be short)
-    record_slot: np.ndarray  # (T,) index of the record written after each step, R for "none"
+    record_end: np.ndarray  # (R,) record r is taken after steps [0, record_end[r]); the last is T
     examples: np.ndarray  # (R,) examples seen at each record
 
 
@@ -65,8 +65,7 @@ def schedule(n_rows: int, protocol: TrainParams) -> Schedule:
     seen = np.cumsum(step_rows)
     recorded = seen % protocol.record_every == 0  # the book: `if n % 200 == 0`
     recorded[-1] = True  # always record the end, even when record_every does not divide it
-    record_slot = np.where(recorded, np.cumsum(recorded) - 1, recorded.sum())
-    return Schedule(steps_per_epoch, step_rows, record_slot.astype(np.int32), seen[recorded])
+    return Schedule(steps_per_epoch, step_rows, (np.flatnonzero(recorded) + 1).astype(np.int32), seen[recorded])
 
 
 @functools.lru_cache(maxsize=4096)
@@ -103,21 +102,17 @@ def _compiled(optimizer_name: str):
     opt = optimizers.get(optimizer_name)
 
     @tf.function(jit_compile=True, reduce_retracing=True)
-    def run(xs, y, gram, batches, step_rows, record_slot, n_records, seed_index, theta0, hyper):
+    def run(xs, y, gram, batches, step_rows, record_end, n_records, seed_index, theta0, hyper):
         # xs (n, P) features with a ones column; gram (P+1, P+1) = [xs, y]^T [xs, y] / n, float64
         # batches (T, S, B) row indices per seed; seed_index (K,); theta0 (S, P); hyper name -> (K, 1)
-        # n_records: a Python int, so the buffers' shapes are static. XLA needs them at compile time
-        # and cannot derive them from record_slot's values once T exceeds about a million steps.
-        n_steps = tf.shape(batches)[0]
-        k, p = tf.shape(seed_index)[0], tf.shape(xs)[1]
+        # n_records: a Python int, so the record buffers' shapes are static. XLA needs them at
+        # compile time and cannot derive them from record_end's values once T exceeds about a
+        # million steps.
+        k = tf.shape(seed_index)[0]
         theta = tf.gather(theta0, seed_index)
-        state = opt.init(theta)
-        losses = tf.zeros((n_records + 1, k), tf.float64)  # the extra row is a sink for "no record"
-        eff_lr = tf.zeros((n_records + 1, k, p), tf.float32)
-        width = tf.shape(batches)[2]
-        lanes = tf.range(width)
+        lanes = tf.range(tf.shape(batches)[2])
 
-        def step(t, theta, state, losses, eff_lr):
+        def step(t, theta, state):
             rows = tf.gather(batches[t], seed_index)  # (K, B)
             xb, yb = tf.gather(xs, rows), tf.gather(y, rows)  # (K, B, P), (K, B)
             count = step_rows[t]
@@ -125,23 +120,26 @@ def _compiled(optimizer_name: str):
             residual = (tf.reduce_sum(xb * theta[:, None, :], axis=2) - yb) * mask
             grads = tf.reduce_sum(residual[:, :, None] * xb, axis=1) / tf.cast(count, tf.float32)
             delta, state = opt.update(grads, state, hyper)
-            theta = theta + delta
+            return t + 1, theta + delta, state
+
+        def segment(r, t, theta, state, losses, eff_lr):
+            # The steps up to the next record, then the record: loss and effective lr are computed
+            # once per record (every 20 steps in the book's protocol), not once per step.
+            t, theta, state = tf.while_loop(lambda t, *_: t < record_end[r], step, (t, theta, state))
             # Loss over all rows from the Gram matrix: 0.5 * v^T G v with v = (w, b, -1) equals
             # mean((X w + b - y)^2) / 2, at O(P^2) per configuration instead of O(n P).
             v = tf.concat([tf.cast(theta, tf.float64), -tf.ones((k, 1), tf.float64)], axis=1)
             # Elementwise, not matmul: a dot kernel may sum in a K-dependent order, and one batched
             # call must equal K single calls bit for bit.
             loss = 0.5 * tf.reduce_sum(v[:, :, None] * gram * v[:, None, :], axis=[1, 2])
-            slot = [[record_slot[t]]]
-            losses = tf.tensor_scatter_nd_update(losses, slot, loss[None])
             lr_now = tf.broadcast_to(opt.effective_lr(state, hyper), tf.shape(theta))
-            eff_lr = tf.tensor_scatter_nd_update(eff_lr, slot, lr_now[None])
-            return t + 1, theta, state, losses, eff_lr
+            return r + 1, t, theta, state, losses.write(r, loss), eff_lr.write(r, lr_now)
 
-        _, theta, _, losses, eff_lr = tf.while_loop(
-            lambda t, *_: t < n_steps, step, (tf.constant(0), theta, state, losses, eff_lr)
+        records = (tf.TensorArray(tf.float64, size=n_records), tf.TensorArray(tf.float32, size=n_records))
+        _, _, theta, _, losses, eff_lr = tf.while_loop(
+            lambda r, *_: r < n_records, segment, (tf.constant(0), tf.constant(0), theta, opt.init(theta), *records)
         )
-        return theta, losses[:-1], eff_lr[:-1]
+        return theta, losses.stack(), eff_lr.stack()
 
     return run
 
@@ -186,7 +184,7 @@ def train(
         tf.constant(gram),
         tf.constant(batches),
         tf.constant(sched.step_rows.astype(np.int32)),
-        tf.constant(sched.record_slot),
+        tf.constant(sched.record_end),
         len(sched.examples),
         tf.constant(pad_k(seed_index.astype(np.int32))),
         tf.constant(theta0),
