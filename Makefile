@@ -20,9 +20,9 @@ repro: $(STAMP)
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest
 
+# Every speed figure: engine, study trials, scaling, the whole pipeline (writes benchmarks/results.md).
 bench: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" python benchmarks/engine.py
-	PATH="$(CURDIR)/$(BIN):$$PATH" python benchmarks/study.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" python benchmarks/run.py
 
 # Refresh requirements.lock after changing dependencies in pyproject.toml.
 lock: $(STAMP)

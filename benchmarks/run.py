@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -21,11 +20,9 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))
 import engine as engine_bench  # noqa: E402  benchmarks/engine.py
-from pipeline import config, data, engine, reference, study, tracking  # noqa: E402
+from pipeline import config, data, study, tracking  # noqa: E402
 from pipeline import storage as study_storage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,17 +34,6 @@ def machine() -> dict:
     mem = next((int(line.split()[1]) // 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal")), 0)
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_mib": mem, "python": platform.python_version(),
             **{p: metadata.version(p) for p in ("tensorflow-cpu", "optuna", "mlflow", "dvc", "numpy")}}
-
-
-def bench_engine(ds, protocol, repeats, ks):
-    hyper = {"lr": 0.01, "gamma": 0.9}
-    eager = engine_bench.median_time(lambda: reference.train_eager(ds, "rmsprop", hyper, 0, protocol), max(1, repeats // 2))
-    rows = []
-    for k in ks:
-        grid = {"lr": np.geomspace(1e-4, 1.0, k), "gamma": np.linspace(0.5, 0.999, k)}
-        t = engine_bench.median_time(lambda: engine.train(ds, "rmsprop", grid, np.arange(k) % 4, protocol), repeats)
-        rows.append({"K": k, "seconds": t, "us_per_config": t / k * 1e6, "speedup_per_config": eager / (t / k)})
-    return {"eager_seconds": eager, "rows": rows}
 
 
 def bench_study(ds, params, n_trials, seeds_per_trial=3):
@@ -177,8 +163,7 @@ def main():
     q = args.quick
     results = {"quick": q, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine()}
     print("engine ...", flush=True)
-    results["engine"] = bench_engine(ds, params.train, 2 if q else 7,
-                                     [1, 64, 1024] if q else [1, 4, 16, 64, 256, 1024, 4096, 8192])
+    results["engine"] = engine_bench.measure(ds, params.train, 2 if q else 7, [1, 64, 1024] if q else engine_bench.KS)
     print("study trials ...", flush=True)
     results["study_trials"] = [bench_study(ds, params, n) for n in ([10, 30] if q else [10, 100, 1000])]
     results["study_default"] = results["study_trials"][-1 if q else 1]
