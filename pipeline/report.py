@@ -391,8 +391,8 @@ def _pdf_figure_page(pdf, fig, section, caption):
     """Grow the figure to make room for the section title above and the caption below."""
     import textwrap
 
-    lines = textwrap.wrap(caption, 125)
     w, h = fig.get_size_inches()
+    lines = textwrap.wrap(caption, int((w - 0.4) * 16))  # 8-point text: about 16 characters per inch
     top, bottom = (0.6 if section else 0.2), 0.55 + 0.15 * len(lines)  # inches
     total = h + top + bottom
     fig.set_size_inches(w, total)

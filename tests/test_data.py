@@ -2,6 +2,7 @@
 the bad input through the commands themselves (one line, non-zero exit, nothing written)."""
 import hashlib
 import http.server
+import os
 import threading
 
 import numpy as np
@@ -47,6 +48,9 @@ def test_download_over_http_verifies_and_writes(server, params, tmp_path, good_b
     assert fetch(f"{server}/airfoil.dat", params.data.sha1, dest) == f"{server}/airfoil.dat"
     assert hashlib.sha1(dest.read_bytes()).hexdigest() == params.data.sha1
     assert [p.name for p in dest.parent.iterdir()] == ["airfoil.dat"]  # no temporary left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dest.stat().st_mode & 0o777 == 0o666 & ~umask  # as readable as any file the user writes
 
 
 def test_mirror_is_tried_first_and_url_is_the_fallback(server, params, tmp_path):
