@@ -61,15 +61,21 @@ def _fmt_hyper(h: dict) -> str:
 
 # --- figures: each returns (figure, caption) -------------------------------------------------
 
-def fig_convergence(d: Inputs):
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+def _tuned_and_book(d: Inputs, ax, column: str, lowest=None) -> None:
+    """Per optimizer, the mean over seeds of the tuned (solid, with a min-max band) and book
+    (dashed) curves of one column of curves.csv."""
     for o in d.optimizers:
         for family, style in (("tuned", "-"), ("book", "--")):
             c = d.curves[(d.curves.optimizer == o) & (d.curves.family == family)]
-            g = c.groupby("examples").loss
+            g = c.groupby("examples")[column]
             ax.plot(g.mean().index, g.mean(), style, color=COLORS[o], label=f"{LABELS[o]} {family}")
             if family == "tuned":
-                ax.fill_between(g.min().index, g.min(), g.max(), color=COLORS[o], alpha=0.15)
+                ax.fill_between(g.min().index, g.min().clip(lower=lowest), g.max(), color=COLORS[o], alpha=0.15)
+
+
+def fig_convergence(d: Inputs):
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    _tuned_and_book(d, ax, "loss")
     ax.axhline(d.floor, color="k", lw=0.8, ls=":", label="least-squares floor")
     ax.set(xlabel="examples seen", ylabel="training loss (mean of (y_hat - y)^2 / 2)",
            ylim=(d.floor - 0.005, min(0.5, ax.get_ylim()[1])))
@@ -82,13 +88,7 @@ def fig_convergence(d: Inputs):
 
 def fig_excess(d: Inputs):
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    for o in d.optimizers:
-        for family, style in (("tuned", "-"), ("book", "--")):
-            c = d.curves[(d.curves.optimizer == o) & (d.curves.family == family)]
-            g = c.groupby("examples").excess_loss
-            ax.plot(g.mean().index, g.mean(), style, color=COLORS[o], label=f"{LABELS[o]} {family}")
-            if family == "tuned":
-                ax.fill_between(g.min().index, g.min().clip(lower=1e-9), g.max(), color=COLORS[o], alpha=0.15)
+    _tuned_and_book(d, ax, "excess_loss", lowest=1e-9)  # a band reaching 0 has no log
     ax.set_yscale("log")
     ax.set(xlabel="examples seen", ylabel="excess loss over the floor (log scale)")
     ax.legend(ncol=2, fontsize=7)
