@@ -50,14 +50,15 @@ class Postgres:
             _unavailable("PostgreSQL is not installed (apt-get install postgresql)")
         self.bindir, self.port = bindir, free_port()
         self.root = Path(tempfile.mkdtemp(prefix="pg-"))
-        self.as_user = []
+        self.as_user = {}  # subprocess's own switch of user: no runuser/su, which may not be on PATH
         if os.geteuid() == 0:
             user = pwd.getpwnam("postgres")
             os.chown(self.root, user.pw_uid, user.pw_gid)
-            self.as_user = ["runuser", "-u", "postgres", "--"]
+            self.as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": [],
+                            "env": {**os.environ, "HOME": user.pw_dir, "USER": "postgres", "LOGNAME": "postgres"}}
         (self.root / "pw").write_text(PASSWORD)
         if self.as_user:
-            os.chown(self.root / "pw", pwd.getpwnam("postgres").pw_uid, -1)
+            os.chown(self.root / "pw", self.as_user["user"], -1)
         self._run("initdb", "-D", str(self.root / "data"), "-U", "postgres", "-A", "scram-sha-256",
                   f"--pwfile={self.root / 'pw'}", "--no-sync")
         # fsync off: a test cluster needs no durability, and it spares the shared disk.
@@ -65,8 +66,8 @@ class Postgres:
         self._run("pg_ctl", "-D", str(self.root / "data"), "-o", options, "-l", str(self.root / "log"), "-w", "start")
 
     def _run(self, tool: str, *args: str) -> None:
-        out = subprocess.run([*self.as_user, str(self.bindir / tool), *args], capture_output=True, text=True,
-                             timeout=120)
+        out = subprocess.run([str(self.bindir / tool), *args], capture_output=True, text=True, timeout=120,
+                             **self.as_user)
         if out.returncode != 0:
             raise RuntimeError(f"{tool} failed: {out.stderr or out.stdout}")
 
