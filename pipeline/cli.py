@@ -278,6 +278,10 @@ def main(argv=None) -> int:
     import signal
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # A shell without job control starts background commands with SIGINT ignored, and Python then
+    # never raises KeyboardInterrupt: `study ... &` in a script, or a CI runner, could not be
+    # interrupted cleanly, nor could the helpers of --workers, which their coordinator stops with it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter

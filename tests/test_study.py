@@ -196,7 +196,9 @@ def test_killed_study_resumes_without_losing_or_repeating_trials(project_copy):
 def test_ctrl_c_stops_cleanly_and_resumes(project_copy):
     root = _project(project_copy)
     cmd = [sys.executable, "-m", "pipeline", "study", "adagrad"]
-    proc = subprocess.Popen(cmd, cwd=root, env=run_env(CI="true"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Started as a shell without job control starts `study ... &`: with SIGINT ignored.
+    proc = subprocess.Popen(cmd, cwd=root, env=run_env(CI="true"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.time() + 120
     while time.time() < deadline and len(_counted(root, "adagrad")) < 10:
         time.sleep(0.05)
