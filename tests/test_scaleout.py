@@ -79,8 +79,12 @@ def freeze_mid_trial(worker, root, optimizer, url, between_transactions=False) -
     """SIGSTOP the worker while one of its trials is running (not between trials); the trial.
     between_transactions: only where it holds no transaction open, as a process that hangs in
     its own computation would (one hung inside a transaction is ended by PostgreSQL after grace_s)."""
+    def caught():
+        assert worker.poll() is None, "the worker finished before a trial could be caught running"
+        return running_trial_of(root, optimizer, url, worker.pid)
+
     while True:
-        victim = wait_for(lambda: running_trial_of(root, optimizer, url, worker.pid))
+        victim = wait_for(caught)
         worker.send_signal(signal.SIGSTOP)
         running = load_study(root, optimizer, url).trials[victim].state == TrialState.RUNNING
         if running and not (between_transactions and open_transactions(url)):
@@ -195,7 +199,8 @@ def on_postgres(postgres, mlflow_server, raw_file, tmp_path, **changes):
 
 
 def test_worker_killed_mid_trial_loses_nothing(postgres, mlflow_server, raw_file, tmp_path):
-    root, url, env = on_postgres(postgres, mlflow_server, raw_file, tmp_path, n_trials=30)
+    # epochs 40: trials of ~0.1 s, most of it RUNNING, so the test catches one mid-trial
+    root, url, env = on_postgres(postgres, mlflow_server, raw_file, tmp_path, n_trials=30, epochs=40, record_every=3000)
     worker = start_worker(root, "adagrad", env)
     victim = freeze_mid_trial(worker, root, "adagrad", url)
     worker.send_signal(signal.SIGKILL)
