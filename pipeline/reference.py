@@ -10,7 +10,7 @@ import numpy as np
 from pipeline import optimizers
 from pipeline.config import TrainParams
 from pipeline.data import Dataset
-from pipeline.engine import TrainResult, schedule, seed_stream
+from pipeline.engine import TrainResult, seed_stream
 from pipeline.tfimport import tf
 
 

@@ -23,7 +23,6 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from pipeline import fileio, quadratic  # noqa: E402
 from pipeline.config import Params  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.paths import REPORTS  # noqa: E402
 
 COLORS = {"sgd": "tab:blue", "momentum": "tab:purple", "adagrad": "tab:orange", "rmsprop": "tab:green"}
 LABELS = {"sgd": "SGD", "momentum": "Momentum", "adagrad": "Adagrad", "rmsprop": "RMSProp"}
