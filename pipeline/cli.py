@@ -102,19 +102,24 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
+def _tracking_uri() -> str:
+    from pipeline import tracking
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_TRACKING_URI
+
+
 def cmd_study(args, params: config.Params) -> None:
     from pipeline import storage, tracking
     from pipeline import workers as worker_processes
 
     storage_url = args.storage or os.environ.get("OPTUNA_STORAGE") or params.study.storage
     workers = args.workers or params.study.workers
-    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_TRACKING_URI
     # Everything that can fail is checked before anything is written: a storage server first,
     # then tracking, and only then the journal file (created on open).
     open_store = lambda: storage.open_storage(storage_url, args.optimizer, params.study)  # noqa: E731
     store = None if storage_url == storage.JOURNAL else open_store()
     dataset = data.load_prepared()
-    with tracking.Tracker(tracking_uri, params.mlflow.experiment) as tracker:  # starts MLflow's process
+    with tracking.Tracker(_tracking_uri(), params.mlflow.experiment) as tracker:  # starts MLflow's process
         helpers = []
         if workers > 1:  # helpers start once the stores are known to work, then import TensorFlow beside us
             tracker.ready()
@@ -140,7 +145,8 @@ def cmd_study(args, params: config.Params) -> None:
         outcome = study.write_outputs(result, args.optimizer, params, storage.study_dir(args.optimizer), timings)
         study.log_study_summary(tracker, parent_id, result, args.optimizer, outcome)
     m = outcome["metrics"]
-    per_trial = f", {1000 * np.mean([t['total'] for t in timings]):.1f} ms/trial" if timings else ""
+    # The median: the mean would carry the first trial's one-off compilation (about a second).
+    per_trial = f", {1000 * np.median([t['total'] for t in timings]):.1f} ms/trial (median)" if timings else ""
     extra = f", {m['extra_trials']} extra not counted" if m["extra_trials"] else ""
     print(f"{result.study_name}: best {params.study.objective} {m['best_value']:.6f} "
           f"with {outcome['best'].user_attrs['result']['hyperparams']}; {m['trials']} trials "
@@ -163,8 +169,7 @@ def cmd_report(args, params: config.Params) -> None:
 
     from pipeline import report, tracking
 
-    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_TRACKING_URI
-    with tracking.Tracker(tracking_uri, params.mlflow.experiment) as tracker:  # starts while we render
+    with tracking.Tracker(_tracking_uri(), params.mlflow.experiment) as tracker:  # starts while we render
         inputs = report.Inputs(params, paths.EVAL_DIR, paths.SUMMARY, paths.STUDIES_DIR, data.load_prepared().stats)
         commit = git_commit()
         captions = report.render(inputs, paths.REPORTS, commit)

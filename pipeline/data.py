@@ -6,7 +6,6 @@ from typing import NamedTuple
 import numpy as np
 
 from pipeline.errors import PipelineError
-
 from pipeline.paths import PREPARED_DIR
 
 ARRAYS_FILE = "airfoil.npz"

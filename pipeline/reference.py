@@ -1,9 +1,9 @@
 """The book's eager `train_ch11` / `train_concise_ch11`: a Python loop over a tf.data pipeline with
 GradientTape, one configuration at a time.
 
-It is not used to produce results. It is the reference the engine is checked against (same seed
-stream, so the same initial weights and batches) and the baseline the benchmarks measure, and it is
-how Keras's built-in optimizers are run for the "framework" comparison.
+Our results come from the engine; this loop is what the engine is checked against (same seed
+stream, so the same initial weights and batches), the baseline the benchmarks measure, and how
+Keras's built-in optimizers are run for the report's from-scratch vs Keras comparison.
 """
 import numpy as np
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import config, data, download, prepare
+from pipeline import config, data, download, paths, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def prepared_project(dest: Path, raw_file: Path, edit=None) -> Path:
         edit(raw)
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    prepare.prepare(raw_file, dest / data.PREPARED_DIR, raw["data"]["n_rows"])
+    prepare.prepare(raw_file, dest / paths.PREPARED_DIR, raw["data"]["n_rows"])
     return dest
 
 
@@ -119,3 +119,11 @@ def closed_port_url(path: str = "/airfoil.dat") -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{s.getsockname()[1]}{path}"
+
+
+def read_csv(path) -> list:
+    """The rows of a CSV output (trials.csv, timings.csv, ...) as dicts."""
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))

@@ -1,6 +1,5 @@
 """Scale-out and crash safety on real servers: PostgreSQL for Optuna, `mlflow server` for MLflow,
 real worker processes, real signals. Every check reads Optuna's and MLflow's own APIs."""
-import csv
 import json
 import os
 import signal
@@ -18,7 +17,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from pipeline import config, data, storage, study
-from conftest import assert_one_line_error, cli, prepared_project, run_env
+from conftest import assert_one_line_error, cli, prepared_project, read_csv, run_env
 from servers import PASSWORD, free_port
 
 
@@ -126,11 +125,6 @@ def check_mirrored(runs, s):
     return parents[0], status
 
 
-def read_rows(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
 def no_password_in_process_list() -> list:
     found = []
     for pid in os.listdir("/proc"):
@@ -171,7 +165,7 @@ def test_workers_share_one_study_on_postgres_and_a_tracking_server(postgres, mlf
         assert len(counted) >= n and len(set(numbers)) == len(numbers)
         by_worker = Counter(t.user_attrs["worker"] for t in counted)
         assert 2 <= len(by_worker) <= n_workers, by_worker
-        rows = read_rows(root / f"studies/{optimizer}/trials.csv")
+        rows = read_csv(root / f"studies/{optimizer}/trials.csv")
         assert [int(r["number"]) for r in rows] == numbers[:n]  # the first n_trials by number
         metrics = json.loads((root / f"studies/{optimizer}/metrics.json").read_text())
         assert metrics["trials"] == n and metrics["extra_trials"] == len(counted) - n

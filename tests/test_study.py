@@ -1,5 +1,4 @@
 """Studies end to end: real Optuna storages, a real MLflow SQLite store, real processes and signals."""
-import csv
 import dataclasses
 import fcntl
 import json
@@ -18,7 +17,7 @@ from optuna.trial import TrialState
 from pipeline import config, study, tracking
 from pipeline import storage as storage_mod
 from pipeline.errors import PipelineError
-from conftest import run_env
+from conftest import read_csv, run_env
 
 
 def with_study(params, **changes):
@@ -43,11 +42,6 @@ def run(optimizer, params, dataset, root, storage="journal", summary=False):
 def child_runs(client, parent):
     return client.search_runs(client.get_experiment_by_name("test").experiment_id,
                               f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000)
-
-
-def read_csv(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 def test_same_params_fresh_storage_same_trials_csv(params, dataset, tmp_path):
