@@ -1,92 +1,109 @@
-"""From-scratch optimizers as pure (init, update) pairs, in the style of optax.
+"""The optimizer registry: chapter 11's optimizers from scratch, as pure (init, update) pairs.
 
-Every function here is pure: state in, state out. Parameters are a (K, P) tensor, one row per
-configuration trained side by side; hyperparameters arrive as (K, 1) tensors so each row can have
-its own. The effective learning rate is read straight from the state.
+Like optax, each optimizer is a chain of a few shared transformations (pieces.py): a leaky
+average, a bias correction, a learning-rate scale. Every function is pure: state in, state out.
+Parameters are a (K, P) tensor, one row per configuration trained side by side; hyperparameters
+arrive as (K, 1) tensors so each row can have its own. The effective learning rate, the factor a
+gradient is multiplied by, is read straight from the state.
 
-Formulas are the book's (D2L 11.7-11.8), with eps inside the square root and state starting at 0.
+This module is the one place that knows an optimizer: its hyperparameters and their default
+search ranges, its book settings, its 2-D demo settings, its Keras counterpart, its label. Every
+stage follows it; params.yaml may override the ranges and settings. To add an optimizer, add one
+`Optimizer(...)` to OPTIMIZERS (and any new hyperparameter to HYPERPARAMETERS).
 """
 from __future__ import annotations  # annotations name tf.Tensor without importing TensorFlow
 
-import importlib
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
+from pipeline import pieces
 from pipeline.errors import PipelineError
+from pipeline.pieces import tf
+
+State = pieces.State
+Hyper = pieces.Hyper
 
 
-class _LazyTensorFlow:
-    """TensorFlow, imported on first use: the data stages and params validation read this
-    registry but never train, and should not pay TensorFlow's seconds-long import."""
+class Hyperparameter(NamedTuple):
+    name: str
+    description: str
+    kind: str  # "lr": a positive step size; "decay": in (0, 1), remembers about 1 / (1 - value) steps
+    search: tuple  # default search range (low, high, scale); params.yaml's study.search_space overrides
 
-    def __getattr__(self, name):
-        return getattr(importlib.import_module("pipeline.tfimport").tf, name)
 
-
-tf = _LazyTensorFlow()
-
-EPS = 1e-6  # the book's epsilon, inside the square root
-
-State = tuple  # a tuple of tensors shaped like the parameters (empty for SGD)
-Hyper = dict  # name -> (K, 1) tensor
+HYPERPARAMETERS = {h.name: h for h in (
+    Hyperparameter("lr", "learning rate", "lr", (1e-4, 1.0, "log")),
+    # Decays are searched with 1 - value log-uniform: memories of 2 to 1000 steps covered evenly.
+    Hyperparameter("gamma", "RMSProp's decay of the squared-gradient average", "decay", (0.5, 0.999, "log1m")),
+    Hyperparameter("beta", "momentum's decay of the velocity", "decay", (0.5, 0.999, "log1m")),
+    Hyperparameter("beta1", "Adam's and Yogi's decay of the gradient average", "decay", (0.5, 0.999, "log1m")),
+    # beta2's memory reaches 10,000 steps: the usual 0.999 must lie inside, not at the edge.
+    Hyperparameter("beta2", "Adam's and Yogi's decay of the squared-gradient average", "decay",
+                   (0.5, 0.9999, "log1m")),
+    Hyperparameter("rho", "Adadelta's decay of both of its averages", "decay", (0.5, 0.999, "log1m")),
+)}
 
 
 class Optimizer(NamedTuple):
     name: str
-    hyperparams: tuple  # names the update reads, e.g. ("lr", "gamma")
+    label: str  # how figures and tables name it
+    hyperparams: tuple  # names the update reads, e.g. ("lr", "gamma"); each in HYPERPARAMETERS
     init: Callable[[tf.Tensor], State]  # params -> initial state
     update: Callable[[tf.Tensor, State, Hyper], tuple]  # (grads, state, hyper) -> (step, new state)
     effective_lr: Callable[[State, Hyper], tf.Tensor]  # per-coordinate lr, broadcastable to params
+    book: dict  # the book's setting on the airfoil data (train, evaluate's "book" runs)
+    quadratic: dict  # the setting of the 2-D demo on f = 0.1 x1^2 + 2 x2^2
+    keras: Optional[Callable[[dict], object]] = None  # hyper -> the tf.keras optimizer with the same formula
+    color: str = "tab:gray"
+    note: str = ""  # what its effective learning rate does and does not capture, for the report
 
 
-def _sgd_update(grads, state, hyper):
-    return -hyper["lr"] * grads, state
+def build(name: str, label: str, transform: pieces.Transform, **fields) -> Optimizer:
+    """An Optimizer from a chain of transformations; its hyperparameters are those they read, lr first."""
+    names = tuple(sorted(transform.hyperparams, key=lambda h: h != "lr"))
+    return Optimizer(name, label, names, transform.init, transform.update, transform.scale, **fields)
 
 
-def _momentum_init(params):
-    return (tf.zeros_like(params),)
+def _keras(cls: str, **fixed):
+    """hyper -> tf.keras.optimizers.<cls>(**fixed, keras_name=hyper[our_name]); Keras loads on first use."""
+    def make(hyper):
+        names = {"lr": "learning_rate", "gamma": "rho", "beta": "momentum", "beta1": "beta_1", "beta2": "beta_2",
+                 "rho": "rho"}
+        return getattr(tf.keras.optimizers, cls)(**fixed, **{names[k]: v for k, v in hyper.items()})
+    return make
 
 
-def _momentum_update(grads, state, hyper):
-    (velocity,) = state
-    velocity = hyper["beta"] * velocity + grads
-    return -hyper["lr"] * velocity, (velocity,)
-
-
-def _square_sum_init(params):
-    return (tf.zeros_like(params),)
-
-
-def _scaled_lr(state, hyper):
-    (s,) = state
-    return hyper["lr"] / tf.sqrt(s + EPS)
-
-
-def _adagrad_update(grads, state, hyper):
-    (s,) = state
-    s = s + tf.square(grads)  # the sum never forgets, so lr / sqrt(s) only decays
-    return -_scaled_lr((s,), hyper) * grads, (s,)
-
-
-def _rmsprop_update(grads, state, hyper):
-    (s,) = state
-    gamma = hyper["gamma"]
-    s = gamma * s + (1.0 - gamma) * tf.square(grads)  # leaky average: memory ~ 1 / (1 - gamma) steps
-    return -_scaled_lr((s,), hyper) * grads, (s,)
-
-
-def _constant_lr(state, hyper):
-    return hyper["lr"]
-
-
-OPTIMIZERS = {
-    opt.name: opt
-    for opt in (
-        Optimizer("sgd", ("lr",), lambda params: (), _sgd_update, _constant_lr),
-        Optimizer("momentum", ("lr", "beta"), _momentum_init, _momentum_update, _constant_lr),
-        Optimizer("adagrad", ("lr",), _square_sum_init, _adagrad_update, _scaled_lr),
-        Optimizer("rmsprop", ("lr", "gamma"), _square_sum_init, _rmsprop_update, _scaled_lr),
-    )
-}
+EPS = pieces.EPS
+OPTIMIZERS = {opt.name: opt for opt in (
+    build("sgd", "SGD", pieces.chain(pieces.scale_by_learning_rate()),
+          book={"lr": 0.05}, quadratic={"lr": 0.4}, keras=_keras("SGD"), color="tab:blue",
+          note="constant: lr itself"),
+    build("momentum", "Momentum", pieces.chain(pieces.trace("beta"), pieces.scale_by_learning_rate()),
+          book={"lr": 0.005, "beta": 0.9}, quadratic={"lr": 0.4, "beta": 0.5}, keras=_keras("SGD"),
+          color="tab:purple",
+          note="lr, constant: the velocity sums about 1 / (1 - beta) past gradients, so the step is up to "
+               "lr / (1 - beta) times the gradient, which a per-gradient rate does not capture"),
+    build("adagrad", "Adagrad", pieces.chain(pieces.scale_by_sum_of_squares(), pieces.scale_by_learning_rate()),
+          book={"lr": 0.1}, quadratic={"lr": 0.4}, color="tab:orange",
+          keras=_keras("Adagrad", initial_accumulator_value=0.0, epsilon=EPS),
+          note="lr / sqrt(s + eps) with s the sum of all squared gradients: it only falls"),
+    build("rmsprop", "RMSProp", pieces.chain(pieces.scale_by_rms("gamma"), pieces.scale_by_learning_rate()),
+          book={"lr": 0.01, "gamma": 0.9}, quadratic={"lr": 0.4, "gamma": 0.9}, color="tab:green",
+          keras=_keras("RMSprop", epsilon=EPS),
+          note="lr / sqrt(s + eps) with s a leaky average: it levels off after about 1 / (1 - gamma) steps"),
+    build("adadelta", "Adadelta", pieces.chain(pieces.scale_by_adadelta("rho"), pieces.descend()),
+          book={"rho": 0.9}, quadratic={"rho": 0.9}, color="tab:brown",
+          keras=_keras("Adadelta", learning_rate=1.0, epsilon=pieces.ADADELTA_EPS),
+          note="sqrt(dx + eps) / sqrt(s + eps): no learning rate, the average of past steps sets the scale"),
+    build("adam", "Adam", pieces.chain(pieces.scale_by_adam("beta1", "beta2"), pieces.scale_by_learning_rate()),
+          book={"lr": 0.01, "beta1": 0.9, "beta2": 0.999}, quadratic={"lr": 0.4, "beta1": 0.9, "beta2": 0.999},
+          color="tab:red", keras=_keras("Adam", epsilon=pieces.ADAM_EPS),
+          note="lr / (sqrt(s_hat) + eps), bias-corrected: s_hat = s / (1 - beta2^t) is right from the first step"),
+    build("yogi", "Yogi", pieces.chain(pieces.scale_by_adam("beta1", "beta2", second_moment=pieces.yogi_average,
+                                                            eps=pieces.YOGI_EPS), pieces.scale_by_learning_rate()),
+          book={"lr": 0.01, "beta1": 0.9, "beta2": 0.999}, quadratic={"lr": 0.4, "beta1": 0.9, "beta2": 0.999},
+          color="tab:pink",
+          note="as Adam's, but s moves towards g^2 by at most (1 - beta2) g^2 per step, so it cannot collapse"),
+)}
 
 
 def get(name: str) -> Optimizer:
@@ -96,3 +113,10 @@ def get(name: str) -> Optimizer:
         raise PipelineError(
             f"unknown optimizer {name!r}: choose one of {', '.join(sorted(OPTIMIZERS))}"
         ) from None
+
+
+def hyperparameter(name: str) -> Hyperparameter:
+    try:
+        return HYPERPARAMETERS[name]
+    except KeyError:
+        raise PipelineError(f"unknown hyperparameter {name!r}: known are {', '.join(HYPERPARAMETERS)}") from None

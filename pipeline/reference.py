@@ -15,17 +15,11 @@ from pipeline.tfimport import tf
 
 
 def keras_optimizer(name: str, hyper: dict):
-    """The Keras built-in configured to the book's formula (eps inside the root, state from 0)."""
-    eps = optimizers.EPS
-    if name == "sgd":
-        return tf.keras.optimizers.SGD(learning_rate=hyper["lr"])
-    if name == "momentum":
-        return tf.keras.optimizers.SGD(learning_rate=hyper["lr"], momentum=hyper["beta"])
-    if name == "adagrad":
-        return tf.keras.optimizers.Adagrad(learning_rate=hyper["lr"], initial_accumulator_value=0.0, epsilon=eps)
-    if name == "rmsprop":
-        return tf.keras.optimizers.RMSprop(learning_rate=hyper["lr"], rho=hyper["gamma"], epsilon=eps)
-    raise ValueError(f"no Keras counterpart for {name!r}")
+    """The Keras built-in configured to the book's formula (the registry says how)."""
+    make = optimizers.get(name).keras
+    if make is None:
+        raise ValueError(f"no Keras counterpart for {name!r}")
+    return make(hyper)
 
 
 def train_eager(dataset: Dataset, optimizer: str, hyper: dict, seed: int, protocol: TrainParams,
@@ -49,13 +43,12 @@ def train_eager(dataset: Dataset, optimizer: str, hyper: dict, seed: int, protoc
         opt = optimizers.get(optimizer)
         h = {name: tf.constant([[hyper[name]]], tf.float32) for name in opt.hyperparams}
         # State in variables, as Keras keeps it, so the step also runs under tf.function.
-        state = [[tf.Variable(s) for s in opt.init(tf.reshape(v, (1, -1)))] for v in (w, b)]
+        state = [tf.nest.map_structure(tf.Variable, opt.init(tf.reshape(v, (1, -1)))) for v in (w, b)]
 
         def apply(grads):
             for v, g, slots in zip((w, b), grads, state):
-                delta, new = opt.update(tf.reshape(g, (1, -1)), tuple(slots), h)
-                for slot, value in zip(slots, new):
-                    slot.assign(value)
+                delta, new = opt.update(tf.reshape(g, (1, -1)), tf.nest.map_structure(tf.identity, slots), h)
+                tf.nest.map_structure(lambda slot, value: slot.assign(value), slots, new)
                 v.assign_add(tf.reshape(delta, v.shape))
 
     def evaluate_loss(data_iter):  # the book's: sum of per-example losses over all batches
