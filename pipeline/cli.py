@@ -32,21 +32,17 @@ def cmd_prepare(args, params: config.Params) -> None:
     print(f"prepared {stats['rows']} of {stats['rows_in_file']} rows; least-squares floor {floor:.6f}")
 
 
-def _hyper(args, params: config.Params) -> dict:
-    """Hyperparameters from the flags, falling back to the book's settings in params.yaml."""
+def _hyper(args, defaults: dict) -> dict:
+    """Hyperparameters from the flags, falling back to `defaults` (optimizer -> setting)."""
     from pipeline import optimizers
 
     opt = optimizers.get(args.optimizer)
-    book = params.book.get(args.optimizer, {})
-    hyper = {}
-    for name in opt.hyperparams:
-        value = getattr(args, name, None)
-        if value is None:
-            value = book.get(name)
-        if value is None:
-            raise PipelineError(f"{args.optimizer} needs --{name} (no book default in params.yaml)")
-        hyper[name] = value
-    return hyper
+    foreign = [h for h in optimizers.HYPERPARAMETERS if getattr(args, h) is not None and h not in opt.hyperparams]
+    if foreign:
+        raise PipelineError(f"--{foreign[0]} does not apply to {args.optimizer}: its hyperparameters are "
+                            f"{', '.join('--' + h for h in opt.hyperparams)}")
+    setting = defaults.get(args.optimizer) or opt.book
+    return {h: setting[h] if getattr(args, h) is None else getattr(args, h) for h in opt.hyperparams}
 
 
 def cmd_train(args, params: config.Params) -> None:
@@ -59,7 +55,7 @@ def cmd_train(args, params: config.Params) -> None:
         **{k: v for k, v in (("batch_size", args.batch_size), ("epochs", args.epochs), ("init", args.init)) if v is not None},
     )
     config.validate_train(protocol)
-    hyper = _hyper(args, params)
+    hyper = _hyper(args, params.book)
     result = engine.train(data.load_prepared(), args.optimizer, hyper, [args.seed], protocol)
     diverged = bool(result.diverged[0])
     if args.json:
@@ -82,7 +78,7 @@ def cmd_train(args, params: config.Params) -> None:
 def cmd_quadratic(args, params: config.Params) -> None:
     from pipeline import quadratic
 
-    path = quadratic.trace(args.optimizer, _hyper(args, params) | {"lr": args.eta}, args.steps)
+    path = quadratic.trace(args.optimizer, _hyper(args, params.evaluate.quadratic), args.steps)
     print(quadratic.book_line(path))
     if args.trace:
         from pipeline import fileio
@@ -113,7 +109,8 @@ def cmd_study(args, params: config.Params) -> None:
     from pipeline import workers as worker_processes
 
     storage_url = args.storage or os.environ.get("OPTUNA_STORAGE") or params.study.storage
-    workers = args.workers or params.study.workers
+    # A helper (--worker) never starts helpers of its own, whatever study.workers says.
+    workers = 1 if args.worker else (args.workers or params.study.workers)
     # Everything that can fail is checked before anything is written: a storage server first,
     # then tracking, and only then the journal file (created on open).
     open_store = lambda: storage.open_storage(storage_url, args.optimizer, params.study)  # noqa: E731
@@ -126,7 +123,7 @@ def cmd_study(args, params: config.Params) -> None:
             store = store or open_store()
             helpers = worker_processes.spawn(args.optimizer, workers - 1, storage_url, args.params)
         try:
-            from pipeline import study  # TensorFlow, while MLflow's process starts
+            from pipeline import study, study_outputs  # TensorFlow, while MLflow's process starts
 
             tracker.ready()
             store = store or open_store()
@@ -142,8 +139,9 @@ def cmd_study(args, params: config.Params) -> None:
                                                      progress, helpers)
         if args.worker:
             return  # a helper: the worker that started it writes the outputs
-        outcome = study.write_outputs(result, args.optimizer, params, storage.study_dir(args.optimizer), timings)
-        study.log_study_summary(tracker, parent_id, result, args.optimizer, outcome)
+        outcome = study_outputs.write_outputs(result, args.optimizer, params, storage.study_dir(args.optimizer),
+                                              timings)
+        study_outputs.log_study_summary(tracker, parent_id, result, args.optimizer, outcome, params)
     m = outcome["metrics"]
     # The median: the mean would carry the first trial's one-off compilation (about a second).
     per_trial = f", {1000 * np.median([t['total'] for t in timings]):.1f} ms/trial (median)" if timings else ""
@@ -157,10 +155,13 @@ def cmd_evaluate(args, params: config.Params) -> None:
     from pipeline import evaluate
 
     summary = evaluate.evaluate(data.load_prepared(), params, paths.STUDIES_DIR)
+    number = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
     for name, s in summary["optimizers"].items():
-        tuned = s["tuned_final_loss"]
-        print(f"{name}: tuned {tuned['mean']:.6f} +/- {tuned['ci95']:.6f} (book {s['book_final_loss']['mean']:.6f}), "
-              f"regret {s['regret']:.2e}, Keras max diff {s['keras_max_abs_diff']:.1e}")
+        tuned, book = s["tuned_final_loss"], s["book_final_loss"]
+        diverged = f", {tuned['diverged_seeds']} seeds diverged" if tuned["diverged_seeds"] else ""
+        print(f"{name}: tuned {number(tuned['mean'], '.6f')} +/- {number(tuned['ci95'], '.6f')}{diverged} "
+              f"(book {number(book['mean'], '.6f')}), regret {number(s['regret'], '.2e')}, "
+              f"Keras max diff {number(s['keras_max_abs_diff'], '.1e')}")
 
 
 def cmd_report(args, params: config.Params) -> None:
@@ -176,7 +177,8 @@ def cmd_report(args, params: config.Params) -> None:
         summary = json.loads(paths.SUMMARY.read_text())
         metrics = {f"{o}_{family}_final_loss": s[f"{family}_final_loss"]["mean"]
                    for o, s in summary["optimizers"].items() for family in ("tuned", "book")}
-        metrics.update({f"{o}_regret": s["regret"] for o, s in summary["optimizers"].items() if s["regret"] is not None})
+        metrics.update({f"{o}_regret": s["regret"] for o, s in summary["optimizers"].items()})
+        metrics = {k: v for k, v in metrics.items() if v is not None}  # all seeds diverged: no number to log
         files = [(paths.REPORTS / "report.html", None), (paths.REPORTS / "report.pdf", None), (paths.SUMMARY, None)]
         files += [(paths.REPORTS / "figures" / f"{name}.png", "figures") for name in captions]
         tracker.log_report("evaluation-report",
@@ -214,7 +216,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.optimizers import OPTIMIZERS
+    from pipeline.optimizers import HYPERPARAMETERS, OPTIMIZERS
 
     parser = _Parser(prog="python -m pipeline", description=__doc__)
     parser.add_argument("--params", default=str(config.PARAMS_FILE), help="params file (default: %(default)s)")
@@ -230,15 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
                        f"first data.n_rows rows and stats.json to {paths.PREPARED_DIR}/.")
     p.set_defaults(func=cmd_prepare)
 
-    def optimizer_flags(p):
+    def optimizer_flags(p, defaults: str, *aliases):
         p.add_argument("--optimizer", required=True, choices=sorted(OPTIMIZERS))
-        p.add_argument("--gamma", type=_unit_interval, help="RMSProp decay (default: the book's, from params.yaml)")
-        p.add_argument("--beta", type=_unit_interval, help="momentum decay (default: the book's)")
+        for h in HYPERPARAMETERS.values():  # one flag per hyperparameter the registry knows
+            names = [f"--{h.name}", *(a for a in aliases if h.name == "lr")]
+            p.add_argument(*names, dest=h.name, type=_unit_interval if h.kind == "decay" else _positive_float,
+                           help=f"{h.description} (default: {defaults})")
 
     p = sub.add_parser("train", help="train one configuration and print its final loss",
                        description="Train the book's linear regression once on the prepared data.")
-    optimizer_flags(p)
-    p.add_argument("--lr", type=_positive_float, help="learning rate (default: the book's, from params.yaml)")
+    optimizer_flags(p, "the book's setting, book.<optimizer> in params.yaml")
     p.add_argument("--seed", type=int, default=0, help="fixes the initial weights and the shuffles (default: 0)")
     p.add_argument("--batch-size", type=_positive_int, help="default: train.batch_size")
     p.add_argument("--epochs", type=_positive_int, help="default: train.epochs")
@@ -266,8 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quadratic", help="the book's 2-D demo on f = 0.1 x1^2 + 2 x2^2",
                        description="Run an optimizer from (-5, -2) on f = 0.1 x1^2 + 2 x2^2 and print the book's line.")
-    optimizer_flags(p)
-    p.add_argument("--eta", type=_positive_float, required=True, help="learning rate")
+    optimizer_flags(p, "the 2-D demo's setting, evaluate.quadratic.<optimizer> in params.yaml", "--eta")
     p.add_argument("--steps", type=_positive_int, default=20, help="default: %(default)s")
     p.add_argument("--trace", help="also write the path as CSV (step,x1,x2,f) to this file")
     p.set_defaults(func=cmd_quadratic)

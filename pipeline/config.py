@@ -71,10 +71,11 @@ class EvaluateParams:
     first_seed: int  # evaluation seeds start here, apart from the study's, so winners meet fresh randomness
     framework_seeds: int  # Keras runs go through the book's loop, one seed at a time
     floor_tolerance: float  # "reached the floor": loss <= (1 + tolerance) * least-squares floor
-    lr_points: int  # landscape: lr grid for one-hyperparameter optimizers
-    grid_points: int  # landscape: lr x gamma grid side for RMSProp
+    lr_points: int  # landscape: grid points of a one-hyperparameter search space
+    grid_points: int  # landscape: grid side of a two-hyperparameter space
+    cube_points: int  # landscape: grid side of a space of three or more hyperparameters
     quadratic_steps: int
-    quadratic: dict  # optimizer -> hyperparameters for the 2-D demo
+    quadratic: dict  # optimizer -> hyperparameters for the 2-D demo (the registry's where left out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +87,7 @@ class MlflowParams:
 class Params:
     data: DataParams
     train: TrainParams
-    book: dict  # optimizer -> {hyperparameter: value}, the book's hand-picked settings
+    book: dict  # optimizer -> {hyperparameter: value}, the book's settings (the registry's where left out)
     study: StudyParams
     evaluate: EvaluateParams
     mlflow: MlflowParams
@@ -138,29 +139,57 @@ def validate_train(train: TrainParams) -> None:
         _fail("train.init", f"expected 'normal' or 'zeros', got {train.init!r}")
 
 
-def _validate_settings(settings: dict, where: str) -> dict:
-    """optimizer -> {hyperparameter: value}, exactly the optimizer's hyperparameters."""
+def _validate_settings(settings: dict, where: str, fallback: str, optimizer_names) -> dict:
+    """optimizer -> {hyperparameter: value}, exactly the optimizer's hyperparameters; an optimizer
+    params.yaml leaves out gets the registry's setting (`fallback`: "book" or "quadratic")."""
     checked = {}
     for name, hyper in settings.items():
         opt = optimizers.get(name)
         if not isinstance(hyper, dict) or set(hyper) != set(opt.hyperparams):
             _fail(f"{where}.{name}", f"expected exactly {', '.join(opt.hyperparams)}, got {hyper!r}")
         checked[name] = {k: _coerce(float, v, f"{where}.{name}.{k}") for k, v in hyper.items()}
+        for k, v in checked[name].items():
+            _check_value(f"{where}.{name}.{k}", k, v)
+    for name in optimizer_names:
+        checked.setdefault(name, dict(getattr(optimizers.get(name), fallback)))
     return checked
 
 
-def _validate_evaluate(ev: EvaluateParams, study: StudyParams, book: dict) -> EvaluateParams:
-    for key in ("seeds", "framework_seeds", "floor_tolerance", "lr_points", "grid_points", "quadratic_steps"):
+def _check_value(where: str, name: str, value: float) -> None:
+    kind = optimizers.hyperparameter(name).kind
+    if kind == "decay" and not 0 < value < 1:
+        _fail(where, f"{name} must lie strictly between 0 and 1, got {value}")
+    if kind == "lr" and not value > 0:
+        _fail(where, f"{name} must be positive, got {value}")
+
+
+def _validate_evaluate(ev: EvaluateParams, study: StudyParams) -> EvaluateParams:
+    for key in ("seeds", "framework_seeds", "floor_tolerance", "lr_points", "grid_points", "cube_points",
+                "quadratic_steps"):
         _positive(f"evaluate.{key}", getattr(ev, key))
     if ev.seeds < 2:
         _fail("evaluate.seeds", "need at least 2 seeds for a confidence interval")
-    quadratic = _validate_settings(ev.quadratic, "evaluate.quadratic")
-    for name in study.optimizers:
-        if name not in book:
-            _fail("book", f"no book setting for {name}, which study.optimizers lists")
-        if name not in quadratic:
-            _fail("evaluate.quadratic", f"no 2-D setting for {name}, which study.optimizers lists")
-    return dataclasses.replace(ev, quadratic=quadratic)
+    return dataclasses.replace(ev, quadratic=_validate_settings(ev.quadratic, "evaluate.quadratic", "quadratic",
+                                                                study.optimizers))
+
+
+def _validate_range(name: str, raw) -> Range:
+    where = f"study.search_space.{name}"
+    optimizers.hyperparameter(name)
+    r = _build(Range, raw, where)
+    if r.scale not in SCALES:
+        _fail(f"{where}.scale", f"expected one of {', '.join(SCALES)}, got {r.scale!r}")
+    if r.low >= r.high:
+        _fail(where, f"low ({r.low}) must be below high ({r.high})")
+    if r.scale == "log" and r.low <= 0:
+        _fail(f"{where}.low", f"a log range must start above 0, got {r.low}")
+    if r.scale == "log1m" and not (0 < r.low and r.high < 1):
+        _fail(where, f"a log1m range must lie inside (0, 1), got [{r.low}, {r.high}]")
+    if optimizers.hyperparameter(name).kind == "decay" and not (0 < r.low and r.high < 1):
+        _fail(where, f"{name} must lie inside (0, 1), got [{r.low}, {r.high}]")
+    if optimizers.hyperparameter(name).kind == "lr" and r.low <= 0:
+        _fail(f"{where}.low", f"{name} must be positive, got {r.low}")
+    return r
 
 
 def _validate_study(study: StudyParams) -> StudyParams:
@@ -168,28 +197,14 @@ def _validate_study(study: StudyParams) -> StudyParams:
         _positive(f"study.{key}", getattr(study, key))
     if study.grace_s <= study.heartbeat_s:
         _fail("study.grace_s", f"must exceed study.heartbeat_s ({study.heartbeat_s}), got {study.grace_s}")
-    if not study.optimizers:
-        _fail("study.optimizers", "list at least one optimizer")
-    space = {}
-    for name, raw in study.search_space.items():
-        where = f"study.search_space.{name}"
-        r = _build(Range, raw, where)
-        if r.scale not in SCALES:
-            _fail(f"{where}.scale", f"expected one of {', '.join(SCALES)}, got {r.scale!r}")
-        if r.low >= r.high:
-            _fail(where, f"low ({r.low}) must be below high ({r.high})")
-        if r.scale == "log" and r.low <= 0:
-            _fail(f"{where}.low", f"a log range must start above 0, got {r.low}")
-        if r.scale == "log1m" and not (0 < r.low and r.high < 1):
-            _fail(where, f"a log1m range must lie inside (0, 1), got [{r.low}, {r.high}]")
-        if name in ("gamma", "beta") and not (0 < r.low and r.high < 1):
-            _fail(where, f"{name} must lie inside (0, 1), got [{r.low}, {r.high}]")
-        space[name] = r
-    for name in study.optimizers:
-        opt = optimizers.get(name)
-        missing = [h for h in opt.hyperparams if h not in space]
-        if missing:
-            _fail("study.search_space", f"{name} needs a range for {', '.join(missing)}")
+    if not study.optimizers or not all(isinstance(o, str) for o in study.optimizers):
+        _fail("study.optimizers", f"list at least one optimizer by name, got {study.optimizers!r}")
+    if len(set(study.optimizers)) != len(study.optimizers):
+        _fail("study.optimizers", f"each optimizer once, got {study.optimizers!r}")
+    space = {name: _validate_range(name, raw) for name, raw in study.search_space.items()}
+    for name in study.optimizers:  # a hyperparameter params.yaml leaves out gets the registry's range
+        for h in optimizers.get(name).hyperparams:
+            space.setdefault(h, Range(*optimizers.hyperparameter(h).search))
     if study.objective not in OBJECTIVES:
         _fail("study.objective", f"expected one of {', '.join(OBJECTIVES)}, got {study.objective!r}")
     return dataclasses.replace(study, search_space=space, optimizers=list(study.optimizers))
@@ -204,14 +219,21 @@ def parse_params(raw) -> Params:
     if len(params.data.sha1) != 40:
         _fail("data.sha1", "expected a 40-character hex SHA-1")
     validate_train(params.train)
-    book, study = _validate_settings(params.book, "book"), _validate_study(params.study)
-    return dataclasses.replace(params, book=book, study=study,
-                               evaluate=_validate_evaluate(params.evaluate, study, book))
+    study = _validate_study(params.study)
+    book = _validate_settings(params.book, "book", "book", study.optimizers)
+    return dataclasses.replace(params, book=book, study=study, evaluate=_validate_evaluate(params.evaluate, study))
 
 
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, for logs, tags and messages."""
-    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)
+# Every place a driver takes a secret from: `user:password@` in a URL, and key=value pairs in a
+# query string (`?password=`, pymysql's `passwd=`) or in a libpq connection string.
+_USERINFO = re.compile(r"(://[^/:@?#\s]*:)[^/?#\s]*@")  # greedy: a raw @ in the password
+_SECRET_PAIR = re.compile(r"(?i)\b([\w.-]*(?:password|passwd|pwd|secret|token)[\w.-]*\s*=\s*)('[^']*'|[^&;\s'\"]+)")
+
+
+def mask_url(text: str) -> str:
+    """A URL (or a message quoting one) with every password replaced by ***, for logs, tags and
+    messages. SQLAlchemy's own `render_as_string(hide_password=True)` masks only the first form."""
+    return _SECRET_PAIR.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:

@@ -2,9 +2,12 @@
 
 Every worker records itself on each trial it runs (`worker` = host:pid). A trial left RUNNING is
 abandoned when its worker is known dead (same host, pid gone: caught at once) or, on RDB storages,
-when its heartbeat is older than the grace period (any host: a killed machine, a hung process).
-Abandoned trials are failed with a reason, never counted, and their hyperparameters are kept.
+when its heartbeat is older than the grace period (any host: a killed machine, a hung process;
+Optuna's own fail_stale_trials). The journal storage has no heartbeat in Optuna, hence the pid
+check here. Abandoned trials are failed with a reason, never counted, and their hyperparameters
+are kept. Why a trial did not complete is data: its `failure` user attribute, a Failure value.
 """
+import enum
 import fcntl
 import logging
 import os
@@ -17,19 +20,32 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
-from optuna.storages._heartbeat import is_heartbeat_enabled  # what fail_stale_trials checks
 from optuna.trial import TrialState
 
 from pipeline.config import StudyParams, mask_url
 from pipeline.errors import PipelineError
+from pipeline.interrupts import interrupts_deferred
 from pipeline.paths import STUDIES_DIR
 
 log = logging.getLogger(__name__)
 JOURNAL = "journal"  # params value for the embedded default storage
 HOST = socket.gethostname()
 WORKER = f"{HOST}:{os.getpid()}"
-REASON = "fail_reason"
-# A FAIL trial without a reason was failed by Optuna's stale-trial check: no heartbeat.
+REASON = "fail_reason"  # user attribute: why, in words
+FAILURE = "failure"  # user attribute: why, as a Failure value
+
+
+class Failure(str, enum.Enum):
+    """Why a trial did not complete."""
+
+    DIVERGED = "diverged"  # counted: it used budget; told as PRUNED, which TPE ranks below every complete trial
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM; not counted, a rerun redoes it
+    WORKER_DIED = "worker_died"  # its worker's pid is gone, or it died before recording itself
+    NO_HEARTBEAT = "no_heartbeat"  # failed by Optuna's stale-trial check (RDB storages): no attribute at all
+    ERROR = "error"  # an exception in the objective
+
+
+ABANDONED = (Failure.INTERRUPTED, Failure.WORKER_DIED, Failure.NO_HEARTBEAT)  # not counted; MLflow says KILLED
 NO_HEARTBEAT = "interrupted: its worker stopped sending heartbeats"
 WORKER_DIED = "interrupted: its worker died"
 
@@ -44,15 +60,21 @@ class FlockLock:
 
     def acquire(self) -> bool:
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self._fd = fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # may wait: a Ctrl-C here closes fd, which drops nothing held
+        except BaseException:
+            os.close(fd)
+            raise
+        with interrupts_deferred():  # between holding the lock and recording it, a Ctrl-C would strand it
+            self._fd = fd
         return True
 
     def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        with interrupts_deferred():
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
 
 
 def study_dir(optimizer: str, root: Path = STUDIES_DIR) -> Path:
@@ -102,25 +124,31 @@ def _reason(error: Exception) -> str:
 
 
 def has_heartbeat(storage) -> bool:
-    """RDB storages opened here, also as wrapped by Optuna's cache inside a study."""
-    return is_heartbeat_enabled(storage)
+    """RDB storages opened here (open_storage sets the interval)."""
+    return isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None
+
+
+def trial_id(storage, study: optuna.Study, number: int) -> int:
+    """The storage's id of a trial, through the storage's public interface."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
 
 
 @contextmanager
-def heartbeat(storage, trial_id: int):
+def heartbeat(storage, study: optuna.Study, number: int):
     """Record the trial's heartbeat while it runs (RDB storages). Optuna's optimize() does this
     itself; the ask-and-tell interface leaves it to us."""
     if not has_heartbeat(storage):
         yield
         return
+    trial_id_ = trial_id(storage, study, number)
     interval, stop = storage.get_heartbeat_interval(), threading.Event()
 
     def beat():
         while True:
             try:
-                storage.record_heartbeat(trial_id)
+                storage.record_heartbeat(trial_id_)
             except Exception as e:  # a lost connection: the trial may be failed as stale, not the worker
-                log.warning("heartbeat of trial id %d not recorded: %s", trial_id, _reason(e))
+                log.warning("heartbeat of trial %d not recorded: %s", number, _reason(e))
             if stop.wait(interval):
                 return
 
@@ -139,7 +167,7 @@ def owner(trial) -> tuple:
     return host, int(pid) if pid.isdigit() else 0
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -152,24 +180,25 @@ def _pid_alive(pid: int) -> bool:
 def owner_gone(trial) -> bool:
     """True when the trial's worker is known dead: it ran on this host and its pid is gone."""
     host, pid = owner(trial)
-    return host == HOST and pid != os.getpid() and not (pid and _pid_alive(pid))
+    return host == HOST and pid != os.getpid() and not (pid and pid_alive(pid))
 
 
-def fail_abandoned(study: optuna.Study, grace_s: float) -> int:
+def fail_abandoned(study: optuna.Study, storage, grace_s: float) -> int:
     """Fail RUNNING trials whose worker is gone; return how many. Same-host workers are checked
     by pid (at once), any worker by heartbeat on RDB storages (after grace_s), and a trial whose
     worker died before recording itself after grace_s."""
-    storage, failed = study._storage, 0
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not running:
         return 0
-    now = time.time()
+    now, failed = time.time(), 0
     for t in running:  # the precise cause first: a dead pid on this host
         silent = "worker" not in t.user_attrs and now - t.datetime_start.timestamp() > grace_s
         if owner_gone(t) or silent:
             try:
-                storage.set_trial_user_attr(t._trial_id, REASON, WORKER_DIED)
-                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                tid = trial_id(storage, study, t.number)
+                storage.set_trial_user_attr(tid, REASON, WORKER_DIED)
+                storage.set_trial_user_attr(tid, FAILURE, Failure.WORKER_DIED.value)
+                storage.set_trial_state_values(tid, TrialState.FAIL)
                 failed += 1
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # its worker finished it after all, or another worker failed it first
@@ -181,7 +210,16 @@ def fail_abandoned(study: optuna.Study, grace_s: float) -> int:
     return failed
 
 
+def failure(trial):
+    """Why a finished trial did not complete (a Failure), or None if it completed."""
+    if trial.state == TrialState.COMPLETE or trial.state == TrialState.RUNNING:
+        return None
+    return Failure(trial.user_attrs.get(FAILURE, Failure.NO_HEARTBEAT.value))
+
+
 def fail_reason(trial) -> str:
-    if trial.state == TrialState.FAIL:
-        return trial.user_attrs.get(REASON, NO_HEARTBEAT)
-    return ""
+    """Why, in words ("" for a completed or running trial)."""
+    kind = failure(trial)
+    if kind is None:
+        return ""
+    return trial.user_attrs.get(REASON, NO_HEARTBEAT if kind == Failure.NO_HEARTBEAT else kind.value)

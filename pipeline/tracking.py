@@ -139,6 +139,11 @@ class Tracker:
             "metrics": points, "params": {k: str(v) for k, v in params.items()}, "status": status,
             "start_ms": start_ms, "end_ms": end_ms}})
 
+    def claim(self, parent_id: str, key: str, worker: str) -> str:
+        """Write-once param `key` = worker on the study's run; returns who holds it (MLflow refuses
+        to change a logged param, atomically, so exactly one worker gets its own name back)."""
+        return self._call("claim", run_id=parent_id, key=key, worker=worker)
+
     def flush(self) -> None:
         """Wait until every trial sent so far is in MLflow."""
         self._call("ping")
@@ -250,6 +255,13 @@ class _Mlflow:
         for path, folder in artifacts:
             (self.client.log_artifacts if directory else self.client.log_artifact)(run_id, path, folder)
         self.client.set_terminated(run_id, status="FINISHED", end_time=now_ms())
+
+    def claim(self, run_id, key, worker):
+        try:
+            self.client.log_param(run_id, key, worker)
+        except Exception:  # taken: MLflow keeps the first value
+            pass
+        return self.client.get_run(run_id).data.params[key]
 
     def logged_trials(self, parent_id):
         found, token = {}, None

@@ -23,7 +23,15 @@ def test_committed_params_are_valid_and_typed():
     (lambda p: p["train"].update(epochs=0), "train.epochs: must be positive"),
     (lambda p: p["train"].update(epochs="two"), "train.epochs: expected int, got 'two'"),
     (lambda p: p["train"].update(init="uniform"), "train.init: expected 'normal' or 'zeros'"),
-    (lambda p: p["book"].update(adam={"lr": 0.1}), "unknown optimizer 'adam'"),
+    (lambda p: p["book"].update(adamw={"lr": 0.1}), "unknown optimizer 'adamw'"),
+    (lambda p: p["book"].update(adam={"lr": 0.1}), "book.adam: expected exactly lr, beta1, beta2"),
+    (lambda p: p["book"].update(rmsprop={"lr": 0.1, "gamma": 1.5}), "book.rmsprop.gamma: gamma must lie strictly between 0"),
+    (lambda p: p["evaluate"]["quadratic"].update(sgd={"lr": -1}), "evaluate.quadratic.sgd.lr: lr must be positive"),
+    (lambda p: p["study"].update(optimizers=["sgd", "sgd"]), "study.optimizers: each optimizer once"),
+    (lambda p: p["study"]["search_space"].update(betta={"low": 0.5, "high": 0.9, "scale": "linear"}),
+     "unknown hyperparameter 'betta'"),
+    (lambda p: p["study"]["search_space"]["lr"].update(scale="linear", low=0.0), "study.search_space.lr.low: lr must be positive"),
+    (lambda p: p["evaluate"].update(cube_points=0), "evaluate.cube_points: must be positive"),
     (lambda p: p["book"].update(rmsprop={"lr": 0.1}), "book.rmsprop: expected exactly lr, gamma"),
     (lambda p: p["study"].update(optimizers=["sgd", "adamw"]), "unknown optimizer 'adamw'"),
     (lambda p: p["study"].update(n_trials=0), "study.n_trials: must be positive"),
@@ -34,7 +42,6 @@ def test_committed_params_are_valid_and_typed():
     (lambda p: p["study"]["search_space"]["lr"].update(low=1.0), "study.search_space.lr: low (1.0) must be below high (1.0)"),
     (lambda p: p["study"]["search_space"]["gamma"].update(high=1.5), "a log1m range must lie inside (0, 1)"),
     (lambda p: p["study"]["search_space"]["gamma"].update(scale="linear", low=-0.5), "gamma must lie inside (0, 1)"),
-    (lambda p: p["study"]["search_space"].pop("gamma"), "rmsprop needs a range for gamma"),
     (lambda p: p["study"]["search_space"]["lr"].update(scale="exp"), "study.search_space.lr.scale: expected one of"),
 ])
 def test_bad_params_stop_the_command_in_one_line_naming_the_key(edit, expected, tmp_path):
@@ -45,9 +52,28 @@ def test_bad_params_stop_the_command_in_one_line_naming_the_key(edit, expected, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing else written
 
 
+def test_left_out_settings_and_ranges_come_from_the_registry():
+    """An optimizer needs nothing in params.yaml: its ranges, book and 2-D settings are the registry's."""
+    from pipeline import optimizers
+
+    raw = raw_params()
+    raw["study"]["optimizers"] = ["rmsprop", "adam"]
+    del raw["study"]["search_space"]["gamma"], raw["book"]["adam"], raw["evaluate"]["quadratic"]["adam"]
+    params = config.parse_params(raw)
+    assert params.study.search_space["gamma"] == config.Range(*optimizers.HYPERPARAMETERS["gamma"].search)
+    assert params.book["adam"] == optimizers.get("adam").book
+    assert params.evaluate.quadratic["adam"] == optimizers.get("adam").quadratic
+
+
 def test_passwords_are_masked_in_urls():
     assert config.mask_url("postgresql://bob:pa55@db:5432/optuna") == "postgresql://bob:***@db:5432/optuna"
     assert config.mask_url("sqlite:///studies.db") == "sqlite:///studies.db"
+    for url in ("postgresql://bob@db/optuna?password=s3cretPW", "postgresql://bob:s3c@retPW@db/optuna",
+                "mysql+pymysql://bob@db/optuna?charset=utf8&passwd=s3cretPW",
+                "postgresql:///optuna?host=db&user=bob&password=s3cretPW",
+                "connection to server failed: host=db user=bob password=s3cretPW dbname=optuna"):
+        masked = config.mask_url(url)
+        assert "s3cret" not in masked and "retPW" not in masked and "***" in masked, masked
 
 
 def test_malformed_yaml_names_the_line(tmp_path):

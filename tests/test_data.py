@@ -131,3 +131,17 @@ def test_prepare_command_rejects_bad_files_naming_line_and_column(case, good_byt
     (root / "data/raw/airfoil_self_noise.dat").write_bytes(content)
     assert_one_line_error(cli("prepare", cwd=root), expected)
     assert not (root / "data/prepared").exists()
+
+
+def test_data_knobs_through_the_commands(server, raw_file, tmp_path):
+    """data.url, data.timeout_s, data.retries and data.n_rows at non-default values, through
+    `download` and `prepare` as DVC runs them."""
+    import yaml
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["data"].update(url=f"{server}/airfoil.dat", timeout_s=5, retries=0, n_rows=1200)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    fetched = cli("download", cwd=tmp_path, AIRFOIL_MIRROR="")
+    assert fetched.returncode == 0 and f"from {server}/airfoil.dat" in fetched.stdout, fetched.stderr
+    prepared = cli("prepare", cwd=tmp_path)
+    assert prepared.returncode == 0 and prepared.stdout.startswith("prepared 1200 of 1503 rows"), prepared.stderr
+    assert data.load_prepared(tmp_path / "data/prepared").features.shape == (1200, 5)

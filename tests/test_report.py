@@ -28,6 +28,35 @@ def test_expected_best_is_the_mean_over_all_subsets():
         assert row["best_so_far"] == min(as_inf[:b]) and row["regret"] == pytest.approx(row["best_so_far"] - 0.2)
 
 
+def test_expected_best_holds_past_a_thousand_trials():
+    """1100 trials (binomials as floats overflowed from 1030 on): against exact rational arithmetic."""
+    from fractions import Fraction
+    from math import comb
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0.24, 0.4, 1100)
+    values[rng.choice(1100, 50, replace=False)] = np.inf  # diverged trials
+    trials = [{"objective": "" if not np.isfinite(v) else repr(float(v))} for v in values]
+    rows = evaluate.budget_curve(trials, optimum=0.24)
+    ordered = sorted(values)
+    n = len(ordered)
+    for b in (1, 2, 37, 500, 1029, 1030, 1100):
+        weights = [Fraction(comb(n - i, b - 1), comb(n, b)) for i in range(1, n + 1)]
+        finite = [(w, Fraction(v)) for w, v in zip(weights, ordered) if np.isfinite(v)]
+        exact = sum(w * v for w, v in finite) / sum(w for w, _ in finite)
+        assert rows[b - 1]["expected_best"] == pytest.approx(float(exact), rel=1e-12)
+
+
+def test_mean_ci_counts_diverged_seeds_instead_of_returning_nan():
+    from scipy import stats
+    values = np.array([0.25, np.nan, 0.26, 0.24, np.nan])
+    got = evaluate.mean_ci(values)
+    finite = values[np.isfinite(values)]
+    assert got["diverged_seeds"] == 2 and got["seeds"] == 5 and got["mean"] == pytest.approx(finite.mean())
+    low, high = stats.t.interval(0.95, len(finite) - 1, loc=finite.mean(), scale=stats.sem(finite))
+    assert got["ci95"] == pytest.approx((high - low) / 2)
+    assert evaluate.mean_ci(np.array([np.nan, np.nan])) == {"mean": None, "ci95": None, "diverged_seeds": 2, "seeds": 2}
+
+
 def test_examples_to_floor_and_grid(dataset, params):
     from pipeline import engine
     result = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [0, 1], params.train)
@@ -51,7 +80,7 @@ def small_pipeline(project_copy) -> dict:
     """Small params for a whole `dvc repro` in a test: 6 trials per study, 3 evaluation seeds."""
     raw = yaml.safe_load((project_copy / "params.yaml").read_text())
     raw["study"].update(n_trials=6, seeds_per_trial=2)
-    raw["evaluate"].update(seeds=3, framework_seeds=1, lr_points=8, grid_points=6)
+    raw["evaluate"].update(seeds=3, framework_seeds=1, lr_points=8, grid_points=6, cube_points=4)
     (project_copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return raw
 
@@ -121,5 +150,20 @@ def test_dvc_repro_runs_every_stage_then_reruns_only_what_changed(project_copy):
     ran = [line for line in second.stdout.splitlines() if line.startswith("Running stage")]
     assert ran == ["Running stage 'evaluate':", "Running stage 'report':"]
     assert json.loads((project_copy / "reports/summary.json").read_text())["seeds"] == [1000, 1001, 1002, 1003]
+
+    # An experiment that adds an optimizer: only its study runs, then evaluate and report, and the
+    # DVC plots follow study.optimizers.
+    subprocess.run(["git", "add", "-A"], cwd=project_copy, check=True, capture_output=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "small"], cwd=project_copy,
+                   check=True, capture_output=True)
+    third = dvc(project_copy, "exp", "run", "-S", "study.optimizers=[sgd,adagrad,rmsprop,adam]")
+    assert third.returncode == 0, third.stderr[-3000:]
+    ran = [line for line in third.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'study@adam':", "Running stage 'evaluate':", "Running stage 'report':"], ran
+    assert list(json.loads((project_copy / "reports/summary.json").read_text())["optimizers"]) == \
+        ["sgd", "adagrad", "rmsprop", "adam"]
     plots = dvc(project_copy, "plots", "show", "--json")
     assert plots.returncode == 0 and "convergence.csv" in plots.stdout
+    series = {row.get("field") for plot in json.loads(plots.stdout)["data"].values()
+              for part in plot if part["type"] == "vega" for row in part["content"]["data"]["values"]}
+    assert {"sgd", "adagrad", "rmsprop", "adam"} <= series

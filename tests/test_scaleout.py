@@ -16,7 +16,7 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from pipeline import config, data, storage, study
+from pipeline import config, data, search, storage, study
 from conftest import assert_one_line_error, cli, prepared_project, read_csv, run_env
 from servers import PASSWORD, free_port
 
@@ -46,7 +46,7 @@ def wait_all(procs, timeout=600):
 
 def load_study(root, optimizer, url):
     params = config.load_params(root / "params.yaml")
-    name = study.study_name(optimizer, params, data.load_prepared(root / data.PREPARED_DIR))
+    name = search.study_name(optimizer, params, data.load_prepared(root / data.PREPARED_DIR))
     try:
         return optuna.load_study(study_name=name, storage=url)
     except KeyError:  # not created yet

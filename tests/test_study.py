@@ -14,7 +14,7 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from pipeline import config, study, tracking
+from pipeline import config, mirror, study, study_outputs, tracking
 from pipeline import storage as storage_mod
 from pipeline.errors import PipelineError
 from conftest import read_csv, run_env
@@ -33,9 +33,9 @@ def run(optimizer, params, dataset, root, storage="journal", summary=False):
     with tracking.Tracker(f"sqlite:///{root}/mlflow.db", "test") as tracker:
         opened = storage_mod.open_storage(storage, optimizer, params.study, root)
         result, parent, timings = study.run_study(optimizer, params, dataset, opened, tracker, {"storage": storage})
-        outcome = study.write_outputs(result, optimizer, params, root / optimizer, timings)
+        outcome = study_outputs.write_outputs(result, optimizer, params, root / optimizer, timings)
         if summary:
-            study.log_study_summary(tracker, parent, result, optimizer, outcome)
+            study_outputs.log_study_summary(tracker, parent, result, optimizer, outcome, params)
     return result, MlflowClient(f"sqlite:///{root}/mlflow.db"), parent, outcome
 
 
@@ -96,12 +96,14 @@ def test_trials_are_logged_to_mlflow_under_one_parent(params, dataset, tmp_path)
         assert len(client.get_metric_history(child.info.run_id, "effective_lr")) == 15
 
 
-def test_diverged_trials_fail_with_reason_and_never_win(params, dataset, tmp_path):
+def test_diverged_trials_are_pruned_with_reason_and_never_win(params, dataset, tmp_path):
     p = with_study(params, n_trials=8, seeds_per_trial=2,
                    search_space={"lr": config.Range(0.02, 3.0, "log")})
     result, client, parent, outcome = run("sgd", p, dataset, tmp_path)
-    failed = [t for t in result.trials if t.state == TrialState.FAIL]
-    assert failed and all(t.user_attrs["fail_reason"].startswith("diverged") for t in failed)
+    failed = [t for t in result.trials if t.state != TrialState.COMPLETE]
+    assert failed and all(t.state == TrialState.PRUNED for t in failed)  # PRUNED: TPE ranks them below the rest
+    assert all(storage_mod.failure(t) == storage_mod.Failure.DIVERGED for t in failed)
+    assert all(t.user_attrs["fail_reason"].startswith("diverged") for t in failed)
     assert outcome["metrics"]["diverged"] == len(failed) and outcome["metrics"]["trials"] == 8
     assert outcome["best"].state == TrialState.COMPLETE
     rows = read_csv(tmp_path / "sgd/trials.csv")
@@ -210,17 +212,17 @@ def test_ctrl_c_stops_cleanly_and_resumes(project_copy):
 def test_trial_told_but_not_logged_is_completed_in_mlflow_on_resume(params, dataset, tmp_path, monkeypatch):
     """A crash between Optuna's tell and MLflow's log: the rerun logs the trial from its Optuna record."""
     p = with_study(params, n_trials=4, seeds_per_trial=2)
-    real_log = study.log_trial
+    real_log = mirror.log_trial
 
     def crash_on_trial_2(tracker, parent_id, optimizer, params_, trial):
         if trial.number == 2 and trial.state == TrialState.COMPLETE:
             raise KeyboardInterrupt
         return real_log(tracker, parent_id, optimizer, params_, trial)
 
-    monkeypatch.setattr(study, "log_trial", crash_on_trial_2)
+    monkeypatch.setattr(mirror, "log_trial", crash_on_trial_2)
     with pytest.raises(KeyboardInterrupt):
         run("rmsprop", p, dataset, tmp_path)
-    monkeypatch.setattr(study, "log_trial", real_log)
+    monkeypatch.setattr(mirror, "log_trial", real_log)
     result, client, parent, _ = run("rmsprop", p, dataset, tmp_path)
     assert result.trials[2].state == TrialState.COMPLETE and len(result.trials) == 4
     runs = {int(r.data.tags["trial_number"]): r for r in child_runs(client, parent)}
@@ -246,3 +248,51 @@ def test_lock_of_a_killed_worker_does_not_block_the_next_run(params, dataset, tm
     os.close(fd)  # (Optuna's own file locks would block the next run for a 30 s grace period)
     result, *_ = run("sgd", with_study(params, n_trials=2, seeds_per_trial=1), dataset, tmp_path)
     assert len(result.trials) == 2
+
+
+def test_diverged_trials_teach_the_sampler_to_avoid_their_region(params, dataset, tmp_path):
+    """lr up to 10 for SGD: about a quarter of the range diverges. Told as PRUNED, diverged trials
+    rank below every completed one in TPE, so it stops proposing them (told as FAIL, TPE ignores
+    them and keeps proposing the region: 40 of the first 50 trials, 50 of the second)."""
+    p = with_study(params, n_trials=100, seeds_per_trial=1, search_space={"lr": config.Range(1e-4, 10.0, "log")})
+    run("sgd", p, dataset, tmp_path)
+    diverged = [int(r["diverged"]) for r in read_csv(tmp_path / "sgd/trials.csv")]
+    assert sum(diverged[:50]) > sum(diverged[50:]), diverged
+    assert sum(diverged) < 20
+
+
+def test_study_identity_covers_the_search_and_objective_code(params, dataset, tmp_path, monkeypatch):
+    from pathlib import Path
+    from pipeline import search
+    assert Path(search.__file__) in search.RESULT_CODE  # the file that holds suggest, the sampler and the objective
+    before = search.study_name("rmsprop", params, dataset)
+    changed = tmp_path / "search.py"
+    changed.write_text(Path(search.__file__).read_text() + "\n# a change to the objective's code\n")
+    monkeypatch.setattr(search, "RESULT_CODE", [changed if p == Path(search.__file__) else p for p in search.RESULT_CODE])
+    assert search.study_name("rmsprop", params, dataset) != before
+
+
+def test_concurrent_workers_never_log_a_trial_twice(project_copy):
+    """A dead worker's finished trials are missing from MLflow; four workers start at once and each
+    logs what is missing. Each trial must end up with exactly one run (each is claimed first)."""
+    root = project_copy
+    _set_trials(root, 40)
+    subprocess.run(["dvc", "repro", "prepare"], cwd=root, env=run_env(), check=True, capture_output=True)
+    cmd = [sys.executable, "-m", "pipeline", "study", "sgd"]
+    first = subprocess.run(cmd, cwd=root, env=run_env(CI="true"), capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    exp = client.get_experiment_by_name("airfoil-optimizers").experiment_id
+    [parent] = client.search_runs([exp], "tags.run_type = 'study'")
+    children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=1000)
+    for r in children:  # as if the worker that ran these had died before its MLflow writes landed
+        if int(r.data.tags["trial_number"]) >= 5:
+            client.delete_run(r.info.run_id)
+    workers = [subprocess.Popen(cmd, cwd=root, env=run_env(CI="true"), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    assert [w.wait(timeout=600) for w in workers] == [0, 0, 0, 0], [w.stderr.read()[-2000:] for w in workers]
+    children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=1000)
+    numbers = sorted(int(r.data.tags["trial_number"]) for r in children)
+    assert numbers == list(range(40))  # every trial once: none missing, none twice
+    claims = [k for k in client.get_run(parent.info.run_id).data.params if k.startswith("mirror.trial_")]
+    assert len(claims) == 35  # the 35 logged again, each claimed by exactly one worker

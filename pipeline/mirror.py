@@ -1,0 +1,93 @@
+"""The study's trials mirrored into MLflow: one child run per finished trial, built from its
+Optuna record alone, so the worker that ran it and whoever logs a dead worker's trial later write
+the same run. The Optuna storage is the source of truth; MLflow is a view of it.
+
+Who logs a trial: its own worker, at once. Anyone else only once its worker cannot (gone, failed
+as abandoned) or has not for grace_s, and then only after claiming it in MLflow (Tracker.claim:
+a write-once param on the study's parent run), so two finishing workers never log it twice.
+"""
+import os
+import time
+
+import numpy as np
+from optuna.trial import TrialState
+
+from pipeline import search, storage
+from pipeline.config import Params
+from pipeline.tracking import Tracker
+
+
+def run_status(trial) -> str:
+    """The MLflow status of a finished trial's run."""
+    if trial.state == TrialState.COMPLETE:
+        return "FINISHED"
+    return "KILLED" if storage.failure(trial) in storage.ABANDONED else "FAILED"
+
+
+def log_trial(tracker: Tracker, parent_id: str, optimizer: str, params: Params, trial) -> None:
+    """Queue the MLflow run of a finished trial."""
+    record, reason = trial.user_attrs.get("result"), storage.fail_reason(trial)
+    hyper = record["hyperparams"] if record else search.sampled_hyperparams(trial, optimizer, params.study.search_space)
+    metrics, curves = {}, {}
+    if record:
+        curves = {name: tuple(zip(*[(x, v) for x, v in zip(record["examples"], record[name]) if v is not None]))
+                  or ((), ()) for name in ("loss", "effective_lr")}
+        metrics["wall_time_s"] = record["wall_time_s"]
+        if trial.state == TrialState.COMPLETE:
+            metrics.update(objective=trial.value, final_loss=float(np.mean(record["seed_losses"])))
+    kind = storage.failure(trial)
+    tags = {"optimizer": optimizer, "state": trial.state.name,
+            **({"fail_reason": reason, "failure": kind.value} if kind else {})}
+    end = trial.datetime_complete or trial.datetime_start
+    tracker.log_trial(
+        parent_id, trial.number,
+        params={"optimizer": optimizer, **hyper, "batch_size": params.train.batch_size, "epochs": params.train.epochs,
+                "seeds": ",".join(map(str, range(params.study.seeds_per_trial))), "trial_number": trial.number},
+        metrics=metrics, curves=curves, tags=tags, status=run_status(trial),
+        start_ms=int(trial.datetime_start.timestamp() * 1000), end_ms=int(end.timestamp() * 1000),
+    )
+
+
+def log_own_trial(tracker: Tracker, parent_id: str, optimizer: str, params: Params, trial) -> None:
+    """This worker's trial, just finished: ours to log, unless it is so late that others may
+    already be logging it."""
+    end = trial.datetime_complete or trial.datetime_start
+    if time.time() - end.timestamp() <= params.study.grace_s or claim(tracker, parent_id, trial.number):
+        log_trial(tracker, parent_id, optimizer, params, trial)
+
+
+def claim(tracker: Tracker, parent_id: str, number: int) -> bool:
+    """True if this worker may log the trial: it holds the claim, or took over one whose holder
+    died on this host before logging (its claim is then superseded by a numbered one)."""
+    for attempt in range(100):
+        holder = tracker.claim(parent_id, f"mirror.trial_{number:05d}" + (f".{attempt}" if attempt else ""),
+                               storage.WORKER)
+        if holder == storage.WORKER:
+            return True
+        host, _, pid = holder.rpartition(":")
+        if not (host == storage.HOST and pid.isdigit() and not storage.pid_alive(int(pid))):
+            return False
+    return False
+
+
+def sync_mlflow(study, tracker: Tracker, parent_id: str, optimizer: str, params: Params) -> int:
+    """Log every finished trial that has no MLflow run and whose worker will not log it: this
+    worker's own (called when its queue is empty), a dead one's, a trial failed as abandoned, or
+    one finished longer than grace_s ago. Other live workers' recent trials are left to them, and
+    every trial not our own is claimed first, so no trial is logged twice. Returns how many."""
+    tracker.flush()
+    logged, now, added = tracker.logged_trials(parent_id), time.time(), 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.RUNNING or t.number in logged:
+            continue
+        mine = storage.owner(t) == (storage.HOST, os.getpid())
+        abandoned = storage.failure(t) in (storage.Failure.WORKER_DIED, storage.Failure.NO_HEARTBEAT)
+        stale = now - (t.datetime_complete or t.datetime_start).timestamp() > params.study.grace_s
+        if mine and not stale:
+            log_trial(tracker, parent_id, optimizer, params, t)
+            added += 1
+        elif (mine or storage.owner_gone(t) or abandoned or stale) and claim(tracker, parent_id, t.number):
+            log_trial(tracker, parent_id, optimizer, params, t)
+            added += 1
+    tracker.flush()
+    return added

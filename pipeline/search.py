@@ -1,0 +1,116 @@
+"""What a trial computes: the search space on Optuna's side, the objective, and the study's identity.
+
+Everything here changes a trial's result, so this file's code is part of the study's name
+(with the engine and the optimizers): a change here starts a new study instead of mixing results.
+"""
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from pipeline import engine, optimizers, pieces
+from pipeline.config import Params, Range
+from pipeline.data import Dataset
+
+# Files whose content changes results: part of the study name, so a fix there starts a new study.
+RESULT_CODE = [Path(__file__), Path(engine.__file__), Path(optimizers.__file__), Path(pieces.__file__)]
+EDGE_FRACTION = 0.02  # a best value this close to a range end (as a fraction of its width) is "at the edge"
+
+
+def study_name(optimizer: str, params: Params, dataset: Dataset) -> str:
+    """Optimizer plus a digest of everything that changes the result (n_trials does not: raising
+    it extends the same study; nor do workers and heartbeats)."""
+    opt = optimizers.get(optimizer)
+    identity = {
+        "optimizer": optimizer,
+        "search_space": {h: dataclasses.asdict(params.study.search_space[h]) for h in opt.hyperparams},
+        "train": dataclasses.asdict(params.train),
+        "seeds_per_trial": params.study.seeds_per_trial,
+        "sampler_seed": params.study.seed,
+        "objective": params.study.objective,
+        "data": hashlib.sha256(dataset.features.tobytes() + dataset.target.tobytes()).hexdigest(),
+        "code": hashlib.sha256(b"".join(p.read_bytes() for p in RESULT_CODE)).hexdigest(),
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return f"{optimizer}-{digest[:16]}"
+
+
+# --- the search space on Optuna's side ------------------------------------------------------
+
+def sampler(seed: int, trial_number: int):
+    """TPE seeded per trial number: reproducible, and workers sharing a study never draw the same
+    random start-up points."""
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed * 1_000_003 + trial_number)
+
+
+def optuna_name(name: str, r: Range) -> str:
+    """What Optuna calls a hyperparameter: log1m ranges are sampled as 1 - value."""
+    return f"one_minus_{name}" if r.scale == "log1m" else name
+
+
+def suggest(trial, name: str, r: Range) -> float:
+    if r.scale == "log1m":  # sample 1 - value log-uniformly: fair coverage of memory lengths
+        return 1.0 - trial.suggest_float(optuna_name(name, r), 1.0 - r.high, 1.0 - r.low, log=True)
+    return trial.suggest_float(name, r.low, r.high, log=r.scale == "log")
+
+
+def sampled_hyperparams(trial, optimizer: str, space: dict) -> dict:
+    """The hyperparameters a trial was given, from Optuna's own record (also for trials that
+    were interrupted before they produced a result)."""
+    found = {}
+    for h in optimizers.get(optimizer).hyperparams:
+        key = optuna_name(h, space[h])
+        if key in trial.params:
+            found[h] = 1.0 - trial.params[key] if key != h else trial.params[key]
+    return found
+
+
+def position(value: float, r: Range) -> float:
+    """Where value lies in its range, 0..1, on the scale it is sampled on."""
+    f = {"linear": lambda v: v, "log": math.log, "log1m": lambda v: -math.log(1.0 - v)}[r.scale]
+    return (f(value) - f(r.low)) / (f(r.high) - f(r.low))
+
+
+def edge_warnings(best: dict, space: dict) -> list:
+    found = []
+    for name, value in best.items():
+        pos = position(value, space[name])
+        if pos < EDGE_FRACTION or pos > 1 - EDGE_FRACTION:
+            end = "low" if pos < 0.5 else "high"
+            found.append(f"best {name} = {value:.6g} lies at the {end} edge of its range "
+                         f"[{space[name].low}, {space[name].high}]: widen study.search_space.{name}")
+    return found
+
+
+# --- the objective --------------------------------------------------------------------------
+
+class Evaluation(NamedTuple):
+    value: float  # the objective; None when a seed diverged
+    record: dict  # everything the trial's MLflow run and trials.csv show, kept in Optuna
+    diverged_seeds: list
+
+
+def _finite(values) -> list:
+    return [float(v) if np.isfinite(v) else None for v in values]
+
+
+def evaluate_trial(hyper: dict, optimizer: str, params: Params, dataset: Dataset) -> Evaluation:
+    """Train the trial's seeds in one engine call and score them."""
+    seeds = np.arange(params.study.seeds_per_trial)
+    result = engine.train(dataset, optimizer, hyper, seeds, params.train)
+    diverged = seeds[result.diverged].tolist()
+    value = None if diverged else float(np.mean(result.score(params.study.objective)))
+    with np.errstate(invalid="ignore"):
+        losses, eff_lr = result.losses.mean(axis=0), np.nanmean(result.effective_lr, axis=(0, 2))
+    record = {
+        "hyperparams": hyper, "seeds": seeds.tolist(),
+        "seed_losses": [None if d else float(v) for d, v in zip(result.diverged, result.final_loss)],
+        "examples": result.examples.tolist(), "loss": _finite(losses), "effective_lr": _finite(eff_lr),
+    }
+    return Evaluation(value, record, diverged)

@@ -1,0 +1,110 @@
+"""The study stage's outputs under studies/<optimizer>/: trials.csv (the first n_trials counted
+trials by number; deterministic for one worker: same params and a fresh storage give the same
+bytes), best.json, metrics.json and timings.csv (wall times, which vary); and the study's summary
+on its MLflow parent run, with Optuna's own plots.
+"""
+import csv
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from pipeline import fileio, optimizers, search, storage
+from pipeline.config import Params
+from pipeline.errors import PipelineError
+from pipeline.study import is_counted
+from pipeline.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def counted_trials(study: optuna.Study, n_trials: int) -> tuple:
+    """The first n_trials counted trials by number, and how many extra ran (racing workers)."""
+    counted = sorted((t for t in study.get_trials(deepcopy=False) if is_counted(t)), key=lambda t: t.number)
+    return counted[:n_trials], max(0, len(counted) - n_trials)
+
+
+def _fmt(value) -> str:
+    return "" if value is None else repr(float(value))
+
+
+TIMING_FIELDS = ["number", "train", "optuna", "mlflow", "total", "mlflow_background"]
+
+
+def write_outputs(study: optuna.Study, optimizer: str, params: Params, out_dir: Path, timings: list) -> dict:
+    """trials.csv, best.json, metrics.json and timings.csv; every file written atomically."""
+    opt = optimizers.get(optimizer)
+    trials, extra = counted_trials(study, params.study.n_trials)
+    if len(trials) < params.study.n_trials:
+        raise PipelineError(f"{optimizer}: only {len(trials)} of {params.study.n_trials} trials are done: "
+                            f"rerun `python -m pipeline study {optimizer}` to finish the study")
+    seeds = params.study.seeds_per_trial
+    with fileio.atomic_path(out_dir / "trials.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["number", "state", "diverged", "objective", *opt.hyperparams,
+                    *[f"final_loss_seed_{i}" for i in range(seeds)]])
+        for t in trials:
+            result = t.user_attrs["result"]
+            w.writerow([t.number, t.state.name, int(storage.failure(t) == storage.Failure.DIVERGED), _fmt(t.value),
+                        *[_fmt(result["hyperparams"][h]) for h in opt.hyperparams],
+                        *[_fmt(v) for v in result["seed_losses"]]])
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        raise PipelineError(f"{optimizer}: all {len(trials)} trials diverged: narrow study.search_space "
+                            f"({', '.join(opt.hyperparams)}) towards smaller steps")
+    best = min(complete, key=lambda t: (t.value, t.number))
+    best_hyper = best.user_attrs["result"]["hyperparams"]
+    edge = search.edge_warnings(best_hyper, params.study.search_space)
+    for message in edge:
+        log.warning("%s: %s", optimizer, message)
+    if extra:
+        log.info("%s: %d extra trial(s) finished by racing workers; outputs use the first %d by number",
+                 optimizer, extra, params.study.n_trials)
+    fileio.write_json(out_dir / "best.json", {
+        "optimizer": optimizer, "study_name": study.study_name, "objective": params.study.objective,
+        "value": best.value, "hyperparams": best_hyper, "trial_number": best.number, "warnings": edge,
+    })
+    metrics = {
+        "best_value": best.value, **{f"best_{h}": v for h, v in best_hyper.items()},
+        "trials": len(trials), "complete": len(complete), "diverged": len(trials) - len(complete),
+        "interrupted": sum(storage.failure(t) in storage.ABANDONED for t in study.get_trials(deepcopy=False)),
+        "extra_trials": extra,
+    }
+    fileio.write_json(out_dir / "metrics.json", metrics)
+    with fileio.atomic_path(out_dir / "timings.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, TIMING_FIELDS, lineterminator="\n")
+        w.writeheader()
+        w.writerows({k: (v if k == "number" else f"{v:.6f}") for k, v in row.items()} for row in timings)
+    return {"best": best, "metrics": metrics, "warnings": edge}
+
+
+def log_study_summary(tracker: Tracker, parent_id: str, study: optuna.Study, optimizer: str, outcome: dict,
+                      params: Params) -> None:
+    """Best values on the parent run, and Optuna's own plots as artifacts."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna import visualization as vis
+
+    metrics = {k: v for k, v in outcome["metrics"].items()}
+    best = outcome["best"]
+    tags = {"best_trial": best.number, **{f"best_{h}": v for h, v in best.user_attrs["result"]["hyperparams"].items()}}
+    if outcome["warnings"]:
+        tags["warnings"] = " | ".join(outcome["warnings"])
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the matplotlib backends are marked experimental
+        plots = {"optimization_history": lambda: vis.matplotlib.plot_optimization_history(study),
+                 "slice": lambda: vis.matplotlib.plot_slice(study)}
+        names = {h: search.optuna_name(h, params.study.search_space[h]) for h in optimizers.get(optimizer).hyperparams}
+        pairs = [(a, b) for i, a in enumerate(names) for b in list(names)[i + 1:]]
+        for a, b in pairs:  # every pair of hyperparameters, under Optuna's names for them
+            plots[f"{a}_{b}_contour"] = lambda a=a, b=b: vis.matplotlib.plot_contour(study, params=[names[a], names[b]])
+        for name, plot in plots.items():
+            ax = plot()
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            fig.savefig(Path(tmp) / f"{name}.png", dpi=100, bbox_inches="tight")
+            plt.close(fig)
+        tracker.finish_study(parent_id, metrics, tags, tmp)

@@ -1,0 +1,247 @@
+"""Every knob at a non-default value and every registered optimizer, through study -> evaluate ->
+report (the stage functions the commands call, in this one TensorFlow process), with tiny budgets.
+Each scenario checks that the stages' outputs are complete and finite."""
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import config, data, evaluate, optimizers, pieces, prepare, report, storage, study, study_outputs
+from pipeline import tracking
+from conftest import ROOT, cli, prepared_project, read_csv, run_env
+
+DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
+TINY = {"study": {"n_trials": 3, "seeds_per_trial": 2},
+        "evaluate": {"seeds": 2, "framework_seeds": 1, "lr_points": 5, "grid_points": 4, "cube_points": 3}}
+
+
+def _nudged(setting: dict) -> dict:
+    """A setting near the given one: learning rates halved, decays' memories doubled."""
+    return {h: v / 2 if optimizers.hyperparameter(h).kind == "lr" else 1 - (1 - v) / 2 for h, v in setting.items()}
+
+
+SCENARIOS = {
+    # The whole chapter, every book and 2-D setting nudged, in an experiment of its own.
+    "whole chapter": {
+        "study": {"optimizers": sorted(optimizers.OPTIMIZERS)},
+        "book": {o: _nudged(s) for o, s in DEFAULTS["book"].items()},
+        "evaluate": {"quadratic": {o: _nudged(s) for o, s in DEFAULTS["evaluate"]["quadratic"].items()}},
+        "mlflow": {"experiment": "whole-chapter"},
+    },
+    # Another protocol, objective and sampler seed; every scale on some hyperparameter; an RDB storage.
+    "protocol and scales": {
+        "data": {"n_rows": 1000},
+        "train": {"batch_size": 7, "epochs": 1, "record_every": 100, "init": "zeros", "diverge_factor": 100},
+        "study": {"optimizers": ["rmsprop", "adam", "momentum"], "objective": "mean_loss", "seed": 3, "n_trials": 4,
+                  "storage": "sqlite:///{root}/studies.db", "heartbeat_s": 1, "grace_s": 3,
+                  "search_space": {"lr": {"low": 1e-3, "high": 0.3, "scale": "linear"},
+                                   "gamma": {"low": 0.6, "high": 0.99, "scale": "log"},
+                                   "beta": {"low": 0.1, "high": 0.9, "scale": "log"},
+                                   "beta1": {"low": 0.4, "high": 0.95, "scale": "linear"},
+                                   "beta2": {"low": 0.9, "high": 0.99999, "scale": "log"}}},
+    },
+    # The evaluation's knobs, and book settings that diverge on every seed.
+    "evaluation and divergence": {
+        "train": {"init_std": 0.1},
+        "book": {"sgd": {"lr": 1.5}},
+        "study": {"optimizers": ["sgd", "adadelta"], "seeds_per_trial": 1,
+                  "search_space": {"rho": {"low": 0.55, "high": 0.99, "scale": "linear"}}},
+        "evaluate": {"seeds": 3, "first_seed": 50, "framework_seeds": 2, "floor_tolerance": 0.05,
+                     "quadratic_steps": 7},
+    },
+}
+# Knobs whose non-default values are exercised by other tests, through the real commands.
+ELSEWHERE = {
+    "data.url": "test_data: downloads from a local server",
+    "data.sha1": "test_data: a wrong SHA-1 is refused (only the real file's is valid)",
+    "data.timeout_s": "test_data: test_data_knobs_through_the_commands",
+    "data.retries": "test_data: test_data_knobs_through_the_commands",
+    "study.workers": "test_study_workers_setting_never_forks_beyond_it",
+}
+
+
+def merged(base: dict, edits: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in edits.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def leaves(tree: dict, prefix: str = "") -> dict:
+    found = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        found.update(leaves(value, path + ".") if isinstance(value, dict) else {path: value})
+    return found
+
+
+def test_every_knob_is_varied_somewhere():
+    """The matrix below (plus ELSEWHERE) sets every key of params.yaml to a non-default value."""
+    varied = {k for edits in [TINY, *SCENARIOS.values()] for k, v in leaves(edits).items()
+              if leaves(DEFAULTS).get(k, object()) != v}
+    missing = set(leaves(DEFAULTS)) - varied - set(ELSEWHERE)
+    assert not missing, sorted(missing)
+
+
+def run_pipeline(params: config.Params, dataset: data.Dataset, root) -> tuple:
+    """study -> evaluate -> report as `python -m pipeline <stage>` runs them, outputs under root."""
+    with tracking.Tracker(f"sqlite:///{root}/mlflow.db", params.mlflow.experiment) as tracker:
+        for o in params.study.optimizers:
+            store = storage.open_storage(params.study.storage, o, params.study, root / "studies")
+            result, parent, timings = study.run_study(o, params, dataset, store, tracker, {})
+            outcome = study_outputs.write_outputs(result, o, params, root / "studies" / o, timings)
+            study_outputs.log_study_summary(tracker, parent, result, o, outcome, params)
+    summary = evaluate.evaluate(dataset, params, root / "studies", root / "reports/evaluation",
+                                root / "reports/summary.json")
+    inputs = report.Inputs(params, root / "reports/evaluation", root / "reports/summary.json", root / "studies",
+                           dataset.stats)
+    return summary, report.render(inputs, root / "reports", "test")
+
+
+def check_complete_and_finite(params: config.Params, root, captions: dict) -> dict:
+    text = (root / "reports/summary.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text  # a diverged seed is a count, never a NaN summary
+    summary = json.loads(text)
+    assert list(summary["optimizers"]) == params.study.optimizers
+    for o in params.study.optimizers:
+        names = optimizers.get(o).hyperparams
+        rows = read_csv(root / f"studies/{o}/trials.csv")
+        assert len(rows) == params.study.n_trials and all(rows[0][h] for h in names)
+        best = json.loads((root / f"studies/{o}/best.json").read_text())
+        assert set(best["hyperparams"]) == set(names) and np.isfinite(best["value"])
+        s = summary["optimizers"][o]
+        assert s["grid_points"] == evaluate.grid_side(len(names), params.evaluate) ** len(names)
+        assert set(s["grid_optimum_hyperparams"]) == set(names) and np.isfinite(s["regret"])
+        assert (s["keras_max_abs_diff"] is None) == (optimizers.get(o).keras is None)
+    landscape = read_csv(root / "reports/evaluation/landscape.csv")
+    assert {r["optimizer"] for r in landscape} == set(params.study.optimizers)
+    for name in ("convergence", "effective_lr"):  # the DVC plots' files: one column per optimizer
+        assert list(read_csv(root / f"reports/evaluation/{name}.csv")[0]) == ["examples", *params.study.optimizers]
+    page = (root / "reports/report.html").read_text()
+    for name in captions:
+        assert f"<figure id='{name}'><img" in page and (root / f"reports/figures/{name}.png").stat().st_size > 10_000
+    assert (root / "reports/report.pdf").stat().st_size > 50_000
+    return summary
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_scenario_runs_through_every_stage(scenario, raw_file, tmp_path):
+    edits = merged(TINY, SCENARIOS[scenario])
+    raw = json.loads(json.dumps(merged(DEFAULTS, edits)).replace("{root}", str(tmp_path)))
+    params = config.parse_params(raw)
+    prepare.prepare(raw_file, tmp_path / "prepared", params.data.n_rows)
+    dataset = data.load_prepared(tmp_path / "prepared")
+    summary, captions = run_pipeline(params, dataset, tmp_path)
+    summary = check_complete_and_finite(params, tmp_path, captions)
+    assert dataset.stats["rows"] == params.data.n_rows
+    if scenario == "evaluation and divergence":
+        book = summary["optimizers"]["sgd"]["book_final_loss"]
+        assert book == {"mean": None, "ci95": None, "diverged_seeds": 3, "seeds": 3}
+        assert "all 3 seeds diverged" in (tmp_path / "reports/report.html").read_text()
+        assert summary["seeds"] == [50, 51, 52]
+    if scenario == "protocol and scales":
+        import optuna
+        assert len(optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/studies.db")) == 3
+        assert list(map(int, summary_examples(tmp_path))) == [700, 1000]  # batch 7, record every 100, 1 epoch
+
+
+def summary_examples(root):
+    return [r["examples"] for r in read_csv(root / "reports/evaluation/convergence.csv")]
+
+
+def test_a_new_optimizer_registered_in_one_place_runs_through_every_stage(raw_file, tmp_path, monkeypatch):
+    """The README's "Adding an optimizer": sign-SGD, one entry in the registry, nothing else."""
+    sign = pieces.Transform((), lambda params: (), lambda u, state, h: (pieces.tf.sign(u), state))
+    monkeypatch.setitem(optimizers.OPTIMIZERS, "signsgd", optimizers.build(
+        "signsgd", "signSGD", pieces.chain(sign, pieces.scale_by_learning_rate()),
+        book={"lr": 0.01}, quadratic={"lr": 0.2}))
+    raw = merged(DEFAULTS, merged(TINY, {"study": {"optimizers": ["signsgd", "sgd"]}}))
+    params = config.parse_params(raw)  # no book, 2-D or search-space entry for it: the registry's
+    prepare.prepare(raw_file, tmp_path / "prepared", params.data.n_rows)
+    summary, captions = run_pipeline(params, data.load_prepared(tmp_path / "prepared"), tmp_path)
+    check_complete_and_finite(params, tmp_path, captions)
+    assert summary["optimizers"]["signsgd"]["book_hyperparams"] == {"lr": 0.01}
+    assert "signSGD" in (tmp_path / "reports/report.html").read_text()
+
+
+def test_study_workers_setting_never_forks_beyond_it(raw_file, tmp_path):
+    """study.workers: 3 in params.yaml, through the real command: exactly 3 study processes (the
+    command and 2 helpers, each with its MLflow process) and exactly n_trials counted."""
+    root = prepared_project(tmp_path / "project", raw_file, lambda raw: raw["study"].update(
+        workers=3, n_trials=24, seeds_per_trial=2))
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "study", "sgd"], cwd=root, env=run_env(CI="true"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    most, deadline = 0, time.time() + 300
+    while proc.poll() is None:
+        most = max(most, len(study_processes()))
+        if most > 3 or time.time() > deadline:  # forking without end: stop the whole tree, then fail
+            os.killpg(proc.pid, 9)
+            pytest.fail(f"{most} study processes at once")
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err[-2000:]
+    assert most == 3, most  # the command and its 2 helpers; none of them started more
+    metrics = json.loads((root / "studies/sgd/metrics.json").read_text())
+    assert metrics["trials"] == 24 and len(read_csv(root / "studies/sgd/trials.csv")) == 24
+    assert "run by this worker" in out
+
+
+def study_processes() -> list:
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"pipeline" in cmd and b"study" in cmd and b"-m" in cmd:
+            found.append(pid)
+    return found
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://bob@127.0.0.1:1/optuna?password=s3cretPW",
+    "postgresql://bob:s3cretPW@127.0.0.1:1/optuna",
+    "postgresql://bob:s3c%40retPW@127.0.0.1:1/optuna",
+    "postgresql:///optuna?host=127.0.0.1&port=1&user=bob&password=s3cretPW",
+    "postgresql+psycopg://bob@127.0.0.1:1/optuna?sslmode=disable&password=s3cretPW",
+])
+def test_storage_password_in_any_form_never_shows(url, raw_file, tmp_path):
+    root = prepared_project(tmp_path / "project", raw_file)
+    result = cli("study", "sgd", cwd=root, OPTUNA_STORAGE=url)
+    assert result.returncode == 1 and "not usable" in result.stderr, result.stderr[-2000:]
+    assert "s3cret" not in result.stderr + result.stdout and "retPW" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "***" in result.stderr
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", "--optimizer", "adam", "--lr", "0.02", "--beta1", "0.8", "--beta2", "0.99", "--json"],
+     {"lr": 0.02, "beta1": 0.8, "beta2": 0.99}),
+    (["train", "--optimizer", "adadelta", "--rho", "0.8", "--json"], {"rho": 0.8}),
+    (["train", "--optimizer", "yogi", "--json"], {"lr": 0.01, "beta1": 0.9, "beta2": 0.999}),
+    (["train", "--optimizer", "momentum", "--lr", "0.004", "--beta", "0.8", "--json"], {"lr": 0.004, "beta": 0.8}),
+])
+def test_train_takes_a_flag_per_hyperparameter_with_book_defaults(args, expected, raw_file, tmp_path):
+    root = prepared_project(tmp_path / "project", raw_file)
+    result = cli(*args, cwd=root)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["hyperparameters"] == expected and 0.240 < out["final_loss"] < 0.255
+
+
+def test_quadratic_takes_every_flag_and_foreign_flags_are_refused(raw_file, tmp_path):
+    from pipeline import quadratic
+    root = prepared_project(tmp_path / "project", raw_file)
+    for name in optimizers.OPTIMIZERS:
+        setting = {h: v * 0.9 for h, v in optimizers.get(name).quadratic.items()}
+        flags = [x for h, v in setting.items() for x in (f"--{h}", repr(v))]
+        result = cli("quadratic", "--optimizer", name, *flags, "--steps", "7", cwd=root)
+        assert result.stdout.strip() == quadratic.book_line(quadratic.trace(name, setting, 7)), result.stderr
+    refused = cli("train", "--optimizer", "adadelta", "--lr", "0.1", cwd=root)
+    assert refused.returncode == 1 and refused.stderr.strip() == \
+        "error: --lr does not apply to adadelta: its hyperparameters are --rho"
