@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from pipeline import config, data, engine, reference
+from pipeline.core import config, data, engine, reference
 
 KS = (1, 4, 16, 64, 256, 1024, 4096, 8192)
 

@@ -6,12 +6,12 @@ import sys
 
 import numpy as np
 
-from pipeline import config, data, paths
-from pipeline.errors import PipelineError
+from pipeline.core import config, data, paths
+from pipeline.core.errors import PipelineError
 
 
 def cmd_download(args, params: config.Params) -> None:
-    from pipeline import download
+    from pipeline.stages import download
 
     source = download.download(
         params.data.url,
@@ -25,7 +25,7 @@ def cmd_download(args, params: config.Params) -> None:
 
 
 def cmd_prepare(args, params: config.Params) -> None:
-    from pipeline import prepare
+    from pipeline.stages import prepare
 
     stats = prepare.prepare(paths.RAW_PATH, paths.PREPARED_DIR, params.data.n_rows)
     floor = stats["least_squares"]["loss"]
@@ -34,7 +34,7 @@ def cmd_prepare(args, params: config.Params) -> None:
 
 def _hyper(args, defaults: dict) -> dict:
     """Hyperparameters from the flags, falling back to `defaults` (optimizer -> setting)."""
-    from pipeline import optimizers
+    from pipeline.core import optimizers
 
     opt = optimizers.get(args.optimizer)
     foreign = [h for h in optimizers.HYPERPARAMETERS if getattr(args, h) is not None and h not in opt.hyperparams]
@@ -48,7 +48,7 @@ def _hyper(args, defaults: dict) -> dict:
 def cmd_train(args, params: config.Params) -> None:
     import dataclasses
 
-    from pipeline import engine
+    from pipeline.core import engine
 
     protocol = dataclasses.replace(
         params.train,
@@ -76,12 +76,12 @@ def cmd_train(args, params: config.Params) -> None:
 
 
 def cmd_quadratic(args, params: config.Params) -> None:
-    from pipeline import quadratic
+    from pipeline.core import quadratic
 
     path = quadratic.trace(args.optimizer, _hyper(args, params.evaluate.quadratic), args.steps)
     print(quadratic.book_line(path))
     if args.trace:
-        from pipeline import fileio
+        from pipeline.core import fileio
 
         with fileio.atomic_path(args.trace) as tmp:
             np.savetxt(tmp, np.column_stack([np.arange(len(path)), path, quadratic.f(path)]),
@@ -99,49 +99,23 @@ def git_commit() -> str:
 
 
 def _tracking_uri() -> str:
-    from pipeline import tracking
+    from pipeline.core import tracking
 
     return os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_TRACKING_URI
 
 
 def cmd_study(args, params: config.Params) -> None:
-    from pipeline import storage, tracking
-    from pipeline import workers as worker_processes
+    from pipeline.stages import study
 
     storage_url = args.storage or os.environ.get("OPTUNA_STORAGE") or params.study.storage
     # A helper (--worker) never starts helpers of its own, whatever study.workers says.
     workers = 1 if args.worker else (args.workers or params.study.workers)
-    # Everything that can fail is checked before anything is written: a storage server first,
-    # then tracking, and only then the journal file (created on open).
-    open_store = lambda: storage.open_storage(storage_url, args.optimizer, params.study)  # noqa: E731
-    store = None if storage_url == storage.JOURNAL else open_store()
-    dataset = data.load_prepared()
-    with tracking.Tracker(_tracking_uri(), params.mlflow.experiment) as tracker:  # starts MLflow's process
-        helpers = []
-        if workers > 1:  # helpers start once the stores are known to work, then import TensorFlow beside us
-            tracker.ready()
-            store = store or open_store()
-            helpers = worker_processes.spawn(args.optimizer, workers - 1, storage_url, args.params)
-        try:
-            from pipeline import study, study_outputs  # TensorFlow, while MLflow's process starts
-
-            tracker.ready()
-            store = store or open_store()
-        except BaseException:
-            worker_processes.stop(helpers)
-            raise
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # one summary line per study, not per trial
-        tags = {"storage": config.mask_url(storage_url), "git_commit": git_commit(), "data_sha1": params.data.sha1}
-        progress = sys.stderr.isatty() and not os.environ.get("CI") and not args.worker
-        result, parent_id, timings = study.run_study(args.optimizer, params, dataset, store, tracker, tags,
-                                                     progress, helpers)
-        if args.worker:
-            return  # a helper: the worker that started it writes the outputs
-        outcome = study_outputs.write_outputs(result, args.optimizer, params, storage.study_dir(args.optimizer),
-                                              timings)
-        study_outputs.log_study_summary(tracker, parent_id, result, args.optimizer, outcome, params)
+    progress = sys.stderr.isatty() and not os.environ.get("CI") and not args.worker
+    result, outcome, timings = study.run(args.optimizer, params, storage_url, _tracking_uri(), workers, args.worker,
+                                         args.params, progress, {"git_commit": git_commit(),
+                                                                 "data_sha1": params.data.sha1})
+    if outcome is None:
+        return
     m = outcome["metrics"]
     # The median: the mean would carry the first trial's one-off compilation (about a second).
     per_trial = f", {1000 * np.median([t['total'] for t in timings]):.1f} ms/trial (median)" if timings else ""
@@ -152,7 +126,7 @@ def cmd_study(args, params: config.Params) -> None:
 
 
 def cmd_evaluate(args, params: config.Params) -> None:
-    from pipeline import evaluate
+    from pipeline.stages import evaluate
 
     summary = evaluate.evaluate(data.load_prepared(), params, paths.STUDIES_DIR)
     number = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
@@ -165,25 +139,9 @@ def cmd_evaluate(args, params: config.Params) -> None:
 
 
 def cmd_report(args, params: config.Params) -> None:
-    import dataclasses
-    import json
+    from pipeline.stages import report
 
-    from pipeline import report, tracking
-
-    with tracking.Tracker(_tracking_uri(), params.mlflow.experiment) as tracker:  # starts while we render
-        inputs = report.Inputs(params, paths.EVAL_DIR, paths.SUMMARY, paths.STUDIES_DIR, data.load_prepared().stats)
-        commit = git_commit()
-        captions = report.render(inputs, paths.REPORTS, commit)
-        summary = json.loads(paths.SUMMARY.read_text())
-        metrics = {f"{o}_{family}_final_loss": s[f"{family}_final_loss"]["mean"]
-                   for o, s in summary["optimizers"].items() for family in ("tuned", "book")}
-        metrics.update({f"{o}_regret": s["regret"] for o, s in summary["optimizers"].items()})
-        metrics = {k: v for k, v in metrics.items() if v is not None}  # all seeds diverged: no number to log
-        files = [(paths.REPORTS / "report.html", None), (paths.REPORTS / "report.pdf", None), (paths.SUMMARY, None)]
-        files += [(paths.REPORTS / "figures" / f"{name}.png", "figures") for name in captions]
-        tracker.log_report("evaluation-report",
-                           {f"evaluate.{k}": v for k, v in dataclasses.asdict(params.evaluate).items()},
-                           metrics, {"git_commit": commit, "data_sha1": params.data.sha1}, files)
+    captions = report.run(params, _tracking_uri(), git_commit())
     print(f"wrote {paths.REPORTS}/report.html, report.pdf and {len(captions)} figures; logged to MLflow")
 
 
@@ -216,7 +174,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.optimizers import HYPERPARAMETERS, OPTIMIZERS
+    from pipeline.core.optimizers import HYPERPARAMETERS, OPTIMIZERS
 
     parser = _Parser(prog="python -m pipeline", description=__doc__)
     parser.add_argument("--params", default=str(config.PARAMS_FILE), help="params file (default: %(default)s)")

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import config, data, download, paths, prepare
+from pipeline.core import config, data, paths
+from pipeline.stages import download, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from pipeline import config
+from pipeline.core import config
 from conftest import ROOT, assert_one_line_error, cli
 
 
@@ -54,7 +54,7 @@ def test_bad_params_stop_the_command_in_one_line_naming_the_key(edit, expected, 
 
 def test_left_out_settings_and_ranges_come_from_the_registry():
     """An optimizer needs nothing in params.yaml: its ranges, book and 2-D settings are the registry's."""
-    from pipeline import optimizers
+    from pipeline.core import optimizers
 
     raw = raw_params()
     raw["study"]["optimizers"] = ["rmsprop", "adam"]

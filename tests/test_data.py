@@ -8,7 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from pipeline import data, download, prepare
+from pipeline.core import data
+from pipeline.stages import download, prepare
 from conftest import ROOT, assert_one_line_error, cli, closed_port_url
 
 

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline import engine, reference
+from pipeline.core import engine, reference
 from conftest import ROOT, run_env
 
 

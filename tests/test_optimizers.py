@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import engine, optimizers, quadratic, reference
+from pipeline.core import engine, optimizers, quadratic, reference
 
 ALL = sorted(optimizers.OPTIMIZERS)
 WITH_KERAS = [name for name in ALL if optimizers.get(name).keras is not None]

@@ -12,7 +12,9 @@ import yaml
 from mlflow import MlflowClient
 from pypdf import PdfReader
 
-from pipeline import config, evaluate, report, storage, study
+from pipeline.core import config
+from pipeline.stages import evaluate, report
+from pipeline.stages.study import storage, trials as study
 from conftest import run_env
 
 
@@ -58,7 +60,7 @@ def test_mean_ci_counts_diverged_seeds_instead_of_returning_nan():
 
 
 def test_examples_to_floor_and_grid(dataset, params):
-    from pipeline import engine
+    from pipeline.core import engine
     result = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [0, 1], params.train)
     floor = dataset.stats["least_squares"]["loss"]
     reached = evaluate.examples_to_floor(result, floor, 0.01)

@@ -16,7 +16,8 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from pipeline import config, data, search, storage, study
+from pipeline.core import config, data
+from pipeline.stages.study import search, storage, trials as study
 from conftest import assert_one_line_error, cli, prepared_project, read_csv, run_env
 from servers import PASSWORD, free_port
 
@@ -193,8 +194,9 @@ def on_postgres(postgres, mlflow_server, raw_file, tmp_path, **changes):
 
 
 def test_worker_killed_mid_trial_loses_nothing(postgres, mlflow_server, raw_file, tmp_path):
-    # epochs 40: trials of ~0.1 s, most of it RUNNING, so the test catches one mid-trial
-    root, url, env = on_postgres(postgres, mlflow_server, raw_file, tmp_path, n_trials=30, epochs=40, record_every=3000)
+    # epochs 120: trials of ~0.3 s, most of it RUNNING, so the test catches one mid-trial (at 40 epochs
+    # the whole study could end between two polls of a loaded machine)
+    root, url, env = on_postgres(postgres, mlflow_server, raw_file, tmp_path, n_trials=30, epochs=120, record_every=3000)
     worker = start_worker(root, "adagrad", env)
     victim = freeze_mid_trial(worker, root, "adagrad", url)
     worker.send_signal(signal.SIGKILL)
@@ -260,7 +262,7 @@ def test_ctrl_c_stops_every_worker_cleanly_and_the_rerun_completes(raw_file, tmp
     assert wait_all([coordinator], timeout=120) == [130]
     time.sleep(1)
     assert subprocess.run(["pgrep", "-f", "pipeline study sgd"], capture_output=True).returncode == 1  # none left
-    assert subprocess.run(["pgrep", "-f", "pipeline.tracking"], capture_output=True).returncode == 1
+    assert subprocess.run(["pgrep", "-f", "pipeline.core.tracking"], capture_output=True).returncode == 1
     s = load_study(root, "sgd", journal())
     before = {t.number: t.value for t in s.trials if study.is_counted(t)}
     assert all(t.state != TrialState.RUNNING for t in s.trials)  # told as failed, not left running

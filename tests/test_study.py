@@ -14,9 +14,10 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from pipeline import config, mirror, study, study_outputs, tracking
-from pipeline import storage as storage_mod
-from pipeline.errors import PipelineError
+from pipeline.core import config, tracking
+from pipeline.stages.study import mirror, trials as study, outputs as study_outputs
+from pipeline.stages.study import storage as storage_mod
+from pipeline.core.errors import PipelineError
 from conftest import read_csv, run_env
 
 
@@ -237,7 +238,7 @@ def test_lock_of_a_killed_worker_does_not_block_the_next_run(params, dataset, tm
     lock = tmp_path / "sgd" / "optuna.lock"
     lock.parent.mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from pipeline.storage import FlockLock; "
+        "import sys, time; from pathlib import Path; from pipeline.stages.study.storage import FlockLock; "
         f"FlockLock(Path({str(lock)!r})).acquire(); print('held', flush=True); time.sleep(600)")],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -263,7 +264,7 @@ def test_diverged_trials_teach_the_sampler_to_avoid_their_region(params, dataset
 
 def test_study_identity_covers_the_search_and_objective_code(params, dataset, tmp_path, monkeypatch):
     from pathlib import Path
-    from pipeline import search
+    from pipeline.stages.study import search
     assert Path(search.__file__) in search.RESULT_CODE  # the file that holds suggest, the sampler and the objective
     before = search.study_name("rmsprop", params, dataset)
     changed = tmp_path / "search.py"

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import config, data, evaluate, optimizers, pieces, prepare, report, storage, study, study_outputs
-from pipeline import tracking
+from pipeline.core import config, data, optimizers, pieces
+from pipeline.stages import evaluate, prepare, report
+from pipeline.stages.study import storage, trials as study, outputs as study_outputs
+from pipeline.core import tracking
 from conftest import ROOT, cli, prepared_project, read_csv, run_env
 
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -179,7 +181,7 @@ def test_study_workers_setting_never_forks_beyond_it(raw_file, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     most, deadline = 0, time.time() + 300
     while proc.poll() is None:
-        most = max(most, len(study_processes()))
+        most = max(most, len(study_processes(proc.pid)))
         if most > 3 or time.time() > deadline:  # forking without end: stop the whole tree, then fail
             os.killpg(proc.pid, 9)
             pytest.fail(f"{most} study processes at once")
@@ -192,16 +194,22 @@ def test_study_workers_setting_never_forks_beyond_it(raw_file, tmp_path):
     assert "run by this worker" in out
 
 
-def study_processes() -> list:
-    found = []
-    for pid in os.listdir("/proc"):
+def study_processes(root: int) -> list:
+    """`python -m pipeline study ...` processes in the tree of process `root` (root included)."""
+    parent, command = {}, {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-        except OSError:
+            parent[int(pid)] = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+            command[int(pid)] = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except (OSError, IndexError, ValueError):
             continue
-        if b"pipeline" in cmd and b"study" in cmd and b"-m" in cmd:
-            found.append(pid)
-    return found
+
+    def in_tree(pid):
+        while pid and pid != root:
+            pid = parent.get(pid, 0)
+        return pid == root
+
+    return [pid for pid, cmd in command.items() if cmd[1:3] == [b"-m", b"pipeline"] and b"study" in cmd and in_tree(pid)]
 
 
 @pytest.mark.parametrize("url", [
@@ -235,7 +243,7 @@ def test_train_takes_a_flag_per_hyperparameter_with_book_defaults(args, expected
 
 
 def test_quadratic_takes_every_flag_and_foreign_flags_are_refused(raw_file, tmp_path):
-    from pipeline import quadratic
+    from pipeline.core import quadratic
     root = prepared_project(tmp_path / "project", raw_file)
     for name in optimizers.OPTIMIZERS:
         setting = {h: v * 0.9 for h, v in optimizers.get(name).quadratic.items()}

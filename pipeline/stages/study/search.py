@@ -12,9 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline import engine, optimizers, pieces
-from pipeline.config import Params, Range
-from pipeline.data import Dataset
+from pipeline.core import engine, optimizers, pieces
+from pipeline.core.config import Params, Range
+from pipeline.core.data import Dataset
 
 # Files whose content changes results: part of the study name, so a fix there starts a new study.
 RESULT_CODE = [Path(__file__), Path(engine.__file__), Path(optimizers.__file__), Path(pieces.__file__)]

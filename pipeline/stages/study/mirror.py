@@ -12,9 +12,9 @@ import time
 import numpy as np
 from optuna.trial import TrialState
 
-from pipeline import search, storage
-from pipeline.config import Params
-from pipeline.tracking import Tracker
+from pipeline.stages.study import search, storage
+from pipeline.core.config import Params
+from pipeline.core.tracking import Tracker
 
 
 def run_status(trial) -> str:

@@ -4,7 +4,7 @@ Uses the same optimizer registry as the engine, in float64 like the book's Pytho
 """
 import numpy as np
 
-from pipeline import optimizers
+from pipeline.core import optimizers
 
 START = (-5.0, -2.0)
 
@@ -15,7 +15,7 @@ def f(x: np.ndarray) -> np.ndarray:
 
 def trace(optimizer: str, hyper: dict, steps: int = 20) -> np.ndarray:
     """Positions (steps + 1, 2), starting point included."""
-    from pipeline.tfimport import tf  # here, not at the top: the report stage draws f without paying for TensorFlow
+    from pipeline.core.tfimport import tf  # here, not at the top: the report stage draws f without paying for TensorFlow
 
     opt = optimizers.get(optimizer)
     h = {name: tf.constant([[float(hyper[name])]], tf.float64) for name in opt.hyperparams}

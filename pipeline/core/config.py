@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import optimizers
-from pipeline.errors import PipelineError
+from pipeline.core import optimizers
+from pipeline.core.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
 

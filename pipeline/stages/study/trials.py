@@ -18,7 +18,6 @@ Any number of workers (processes here, or on other machines sharing an RDB stora
 server) can run one study. The Optuna storage is the source of truth; MLflow mirrors it.
 """
 import logging
-import os
 import time
 import warnings
 from typing import NamedTuple
@@ -26,12 +25,13 @@ from typing import NamedTuple
 import optuna
 from optuna.trial import TrialState
 
-from pipeline import mirror, optimizers, search, storage, workers
-from pipeline.interrupts import interrupts_deferred
-from pipeline.config import Params
-from pipeline.data import Dataset
-from pipeline.storage import Failure
-from pipeline.tracking import Tracker
+from pipeline.stages.study import mirror, search, storage, workers
+from pipeline.core import optimizers
+from pipeline.core.interrupts import interrupts_deferred
+from pipeline.core.config import Params
+from pipeline.core.data import Dataset
+from pipeline.stages.study.storage import Failure
+from pipeline.core.tracking import Tracker
 
 log = logging.getLogger(__name__)
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attribute: the MLflow parent run every worker logs under

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import fileio
-from pipeline.data import ARRAYS_FILE, STATS_FILE
-from pipeline.errors import PipelineError
+from pipeline.core import fileio
+from pipeline.core.data import ARRAYS_FILE, STATS_FILE
+from pipeline.core.errors import PipelineError
 
 COLUMNS = (
     "frequency",

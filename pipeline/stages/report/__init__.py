@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.backends.backend_pdf import PdfPages
 
-from pipeline import fileio, optimizers
-from pipeline import figures as F
-from pipeline.config import Params
-from pipeline.errors import PipelineError
+from pipeline.core import fileio, optimizers
+from pipeline.stages.report import figures as F
+from pipeline.core.config import Params
+from pipeline.core.errors import PipelineError
 
 plt = F.plt
 PACKAGES = ("tensorflow-cpu", "keras", "optuna", "mlflow", "dvc", "numpy", "pandas", "matplotlib")
@@ -111,6 +111,29 @@ def results_table(d: Inputs) -> tuple:
 REPRODUCE = ["make repro            # set up .venv and run dvc repro (download ... report)",
              "dvc params diff; dvc metrics show; dvc plots show",
              "mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1"]
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+def run(params: Params, tracking_uri: str, commit: str) -> dict:
+    """Render the report from the evaluation, and log it to MLflow as one run."""
+    import dataclasses
+
+    from pipeline.core import data, paths, tracking
+
+    with tracking.Tracker(tracking_uri, params.mlflow.experiment) as tracker:  # starts while we render
+        inputs = Inputs(params, paths.EVAL_DIR, paths.SUMMARY, paths.STUDIES_DIR, data.load_prepared().stats)
+        captions = render(inputs, paths.REPORTS, commit)
+        metrics = {f"{o}_{family}_final_loss": s[f"{family}_final_loss"]["mean"]
+                   for o, s in inputs.opt.items() for family in ("tuned", "book")}
+        metrics.update({f"{o}_regret": s["regret"] for o, s in inputs.opt.items()})
+        metrics = {k: v for k, v in metrics.items() if v is not None}  # all seeds diverged: no number to log
+        files = [(paths.REPORTS / "report.html", None), (paths.REPORTS / "report.pdf", None), (paths.SUMMARY, None)]
+        files += [(paths.REPORTS / "figures" / f"{name}.png", "figures") for name in captions]
+        tracker.log_report("evaluation-report",
+                           {f"evaluate.{k}": v for k, v in dataclasses.asdict(params.evaluate).items()},
+                           metrics, {"git_commit": commit, "data_sha1": params.data.sha1}, files)
+    return captions
 
 
 # --- rendering ------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.errors import PipelineError
-from pipeline.paths import PREPARED_DIR
+from pipeline.core.errors import PipelineError
+from pipeline.core.paths import PREPARED_DIR
 
 ARRAYS_FILE = "airfoil.npz"
 STATS_FILE = "stats.json"

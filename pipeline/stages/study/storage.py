@@ -22,10 +22,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from pipeline.config import StudyParams, mask_url
-from pipeline.errors import PipelineError
-from pipeline.interrupts import interrupts_deferred
-from pipeline.paths import STUDIES_DIR
+from pipeline.core.config import StudyParams, mask_url
+from pipeline.core.errors import PipelineError
+from pipeline.core.interrupts import interrupts_deferred
+from pipeline.core.paths import STUDIES_DIR
 
 log = logging.getLogger(__name__)
 JOURNAL = "journal"  # params value for the embedded default storage

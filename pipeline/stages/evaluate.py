@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 from scipy import special, stats
 
-from pipeline import engine, fileio, optimizers, quadratic, reference
-from pipeline.config import Params, Range
-from pipeline.data import Dataset
-from pipeline.errors import PipelineError
-from pipeline.paths import EVAL_DIR, SUMMARY
+from pipeline.core import engine, fileio, optimizers, quadratic, reference
+from pipeline.core.config import Params, Range
+from pipeline.core.data import Dataset
+from pipeline.core.errors import PipelineError
+from pipeline.core.paths import EVAL_DIR, SUMMARY
 
 CORDS = ("w1", "w2", "w3", "w4", "w5", "b")
 

@@ -15,9 +15,9 @@ from __future__ import annotations  # annotations name tf.Tensor without importi
 
 from typing import Callable, NamedTuple, Optional
 
-from pipeline import pieces
-from pipeline.errors import PipelineError
-from pipeline.pieces import tf
+from pipeline.core import pieces
+from pipeline.core.errors import PipelineError
+from pipeline.core.pieces import tf
 
 State = pieces.State
 Hyper = pieces.Hyper

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline import optimizers, quadratic  # noqa: E402
+from pipeline.core import optimizers, quadratic  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 110, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
                      "pdf.fonttype": 42})  # 42: real text in the PDF, so it can be searched and extracted

@@ -10,8 +10,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pipeline import fileio
-from pipeline.errors import PipelineError
+from pipeline.core import fileio
+from pipeline.core.errors import PipelineError
 
 MIRROR_ENV = "AIRFOIL_MIRROR"
 

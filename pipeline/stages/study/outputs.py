@@ -12,11 +12,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from pipeline import fileio, optimizers, search, storage
-from pipeline.config import Params
-from pipeline.errors import PipelineError
-from pipeline.study import is_counted
-from pipeline.tracking import Tracker
+from pipeline.core import fileio, optimizers
+from pipeline.stages.study import search, storage
+from pipeline.core.config import Params
+from pipeline.core.errors import PipelineError
+from pipeline.stages.study.trials import is_counted
+from pipeline.core.tracking import Tracker
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ class _LazyTensorFlow:
     registry but never train, and should not pay TensorFlow's seconds-long import."""
 
     def __getattr__(self, name):
-        return getattr(importlib.import_module("pipeline.tfimport").tf, name)
+        return getattr(importlib.import_module("pipeline.core.tfimport").tf, name)
 
 
 tf = _LazyTensorFlow()

@@ -7,11 +7,11 @@ Keras's built-in optimizers are run for the report's from-scratch vs Keras compa
 """
 import numpy as np
 
-from pipeline import optimizers
-from pipeline.config import TrainParams
-from pipeline.data import Dataset
-from pipeline.engine import TrainResult, seed_stream
-from pipeline.tfimport import tf
+from pipeline.core import optimizers
+from pipeline.core.config import TrainParams
+from pipeline.core.data import Dataset
+from pipeline.core.engine import TrainResult, seed_stream
+from pipeline.core.tfimport import tf
 
 
 def keras_optimizer(name: str, hyper: dict):

@@ -16,10 +16,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline import optimizers
-from pipeline.config import TrainParams
-from pipeline.data import Dataset
-from pipeline.tfimport import tf
+from pipeline.core import optimizers
+from pipeline.core.config import TrainParams
+from pipeline.core.data import Dataset
+from pipeline.core.tfimport import tf
 
 
 class TrainResult(NamedTuple):

@@ -1,0 +1,55 @@
+"""`study` stage: one seeded Optuna study per optimizer, every trial mirrored to MLflow.
+
+Read in this order:
+  trials.py   a trial's life, from ask to tell to its MLflow run, and the loop over the budget
+  search.py   what a trial computes: search space, sampler, objective, and the study's name
+  storage.py  the Optuna storage (journal file or RDB) and trials whose worker is gone
+  mirror.py   trials into MLflow, each logged once
+  outputs.py  trials.csv, best.json, metrics.json, timings.csv, and the study's MLflow summary
+  workers.py  helper processes for `--workers N`
+
+Nothing here imports TensorFlow at import time: `run` starts MLflow's process first so that
+its start-up overlaps TensorFlow's.
+"""
+from pipeline.core import data
+from pipeline.core.config import Params, mask_url
+
+
+def run(optimizer: str, params: Params, storage_url: str, tracking_uri: str, workers: int, helper: bool,
+        params_file, progress: bool, tags: dict):
+    """Run this process's share of the study (with workers - 1 helpers), then, unless it is a
+    helper, write the outputs. Returns (study, outcome, timings); outcome is None for a helper."""
+    from pipeline.core import tracking
+    from pipeline.stages.study import storage
+    from pipeline.stages.study import workers as worker_processes
+
+    # Everything that can fail is checked before anything is written: a storage server first,
+    # then tracking, and only then the journal file (created on open).
+    open_store = lambda: storage.open_storage(storage_url, optimizer, params.study)  # noqa: E731
+    store = None if storage_url == storage.JOURNAL else open_store()
+    dataset = data.load_prepared()
+    with tracking.Tracker(tracking_uri, params.mlflow.experiment) as tracker:  # starts MLflow's process
+        helpers = []
+        if workers > 1:  # helpers start once the stores are known to work, then import TensorFlow beside us
+            tracker.ready()
+            store = store or open_store()
+            helpers = worker_processes.spawn(optimizer, workers - 1, storage_url, params_file)
+        try:
+            from pipeline.stages.study import outputs, trials  # TensorFlow, while MLflow's process starts
+
+            tracker.ready()
+            store = store or open_store()
+        except BaseException:
+            worker_processes.stop(helpers)
+            raise
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # one summary line per study, not per trial
+        tags = {**tags, "storage": mask_url(storage_url)}
+        study, parent_id, timings = trials.run_study(optimizer, params, dataset, store, tracker, tags, progress,
+                                                     helpers)
+        if helper:
+            return study, None, timings  # the worker that started it writes the outputs
+        outcome = outputs.write_outputs(study, optimizer, params, storage.study_dir(optimizer), timings)
+        outputs.log_study_summary(tracker, parent_id, study, optimizer, outcome, params)
+    return study, outcome, timings
