@@ -128,7 +128,7 @@ def cmd_study(args, params: config.Params) -> None:
 def cmd_evaluate(args, params: config.Params) -> None:
     from pipeline.stages import evaluate
 
-    summary = evaluate.evaluate(data.load_prepared(), params, paths.STUDIES_DIR)
+    summary = evaluate.run(params, _tracking_uri())
     number = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
     for name, s in summary["optimizers"].items():
         tuned, book = s["tuned_final_loss"], s["book_final_loss"]

@@ -14,6 +14,7 @@ from pypdf import PdfReader
 
 from pipeline.core import config
 from pipeline.stages import evaluate, report
+from pipeline.stages.evaluate import landscape
 from pipeline.stages.study import storage, trials as study
 from conftest import run_env
 
@@ -21,12 +22,12 @@ from conftest import run_env
 def test_expected_best_is_the_mean_over_all_subsets():
     values = [0.31, 0.25, None, 0.27, 0.26, 0.4]  # None: a diverged trial
     trials = [{"objective": "" if v is None else repr(v)} for v in values]
-    rows = evaluate.budget_curve(trials, optimum=0.2)
+    rows = landscape.budget_curve(trials, optimum=0.2)
     as_inf = [np.inf if v is None else v for v in values]
     for b, row in enumerate(rows, start=1):
         subsets = [min(s) for s in itertools.combinations(as_inf, b)]
         finite = [m for m in subsets if np.isfinite(m)]
-        assert row["expected_best"] == pytest.approx(np.mean(finite))
+        assert row["subsample_expected_best"] == pytest.approx(np.mean(finite))
         assert row["best_so_far"] == min(as_inf[:b]) and row["regret"] == pytest.approx(row["best_so_far"] - 0.2)
 
 
@@ -38,14 +39,14 @@ def test_expected_best_holds_past_a_thousand_trials():
     values = rng.uniform(0.24, 0.4, 1100)
     values[rng.choice(1100, 50, replace=False)] = np.inf  # diverged trials
     trials = [{"objective": "" if not np.isfinite(v) else repr(float(v))} for v in values]
-    rows = evaluate.budget_curve(trials, optimum=0.24)
+    rows = landscape.budget_curve(trials, optimum=0.24)
     ordered = sorted(values)
     n = len(ordered)
     for b in (1, 2, 37, 500, 1029, 1030, 1100):
         weights = [Fraction(comb(n - i, b - 1), comb(n, b)) for i in range(1, n + 1)]
         finite = [(w, Fraction(v)) for w, v in zip(weights, ordered) if np.isfinite(v)]
         exact = sum(w * v for w, v in finite) / sum(w for w, _ in finite)
-        assert rows[b - 1]["expected_best"] == pytest.approx(float(exact), rel=1e-12)
+        assert rows[b - 1]["subsample_expected_best"] == pytest.approx(float(exact), rel=1e-12)
 
 
 def test_mean_ci_counts_diverged_seeds_instead_of_returning_nan():
@@ -68,7 +69,7 @@ def test_examples_to_floor_and_grid(dataset, params):
         first = np.argmax(losses <= 1.01 * floor)
         assert x == result.examples[first] and (losses[:first] > 1.01 * floor).all()
     assert evaluate.examples_to_floor(result, floor, 0.0) == [None, None]  # nobody reaches the floor itself
-    g = evaluate.grid(params.study.search_space["gamma"], 4)
+    g = landscape.grid(params.study.search_space["gamma"], 4)
     assert g[0] == pytest.approx(0.5) and g[-1] == pytest.approx(0.999)
     assert np.allclose(np.diff(np.log(1 - g)), np.log(1 - g[1]) - np.log(1 - g[0]))  # even in log(1 - gamma)
 
@@ -82,7 +83,7 @@ def small_pipeline(project_copy) -> dict:
     """Small params for a whole `dvc repro` in a test: 6 trials per study, 3 evaluation seeds."""
     raw = yaml.safe_load((project_copy / "params.yaml").read_text())
     raw["study"].update(n_trials=6, seeds_per_trial=2)
-    raw["evaluate"].update(seeds=3, framework_seeds=1, lr_points=8, grid_points=6, cube_points=4)
+    raw["evaluate"].update(seeds=3, framework_seeds=1, lr_points=8, grid_points=6, cube_points=4, sampler_repeats=2)
     (project_copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return raw
 

@@ -12,15 +12,16 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.core import config, data, optimizers, pieces
+from pipeline.core import config, data, optimizers, pieces, tracking
 from pipeline.stages import evaluate, prepare, report
+from pipeline.stages.evaluate import landscape
 from pipeline.stages.study import storage, trials as study, outputs as study_outputs
-from pipeline.core import tracking
 from conftest import ROOT, cli, prepared_project, read_csv, run_env
 
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
 TINY = {"study": {"n_trials": 3, "seeds_per_trial": 2},
-        "evaluate": {"seeds": 2, "framework_seeds": 1, "lr_points": 5, "grid_points": 4, "cube_points": 3}}
+        "evaluate": {"seeds": 3, "framework_seeds": 1, "lr_points": 5, "grid_points": 4, "cube_points": 3,
+                     "sampler_repeats": 2}}
 
 
 def _nudged(setting: dict) -> dict:
@@ -118,11 +119,18 @@ def check_complete_and_finite(params: config.Params, root, captions: dict) -> di
         best = json.loads((root / f"studies/{o}/best.json").read_text())
         assert set(best["hyperparams"]) == set(names) and np.isfinite(best["value"])
         s = summary["optimizers"][o]
-        assert s["grid_points"] == evaluate.grid_side(len(names), params.evaluate) ** len(names)
+        assert s["grid_points"] == landscape.grid_side(len(names), params.evaluate) ** len(names)
         assert set(s["grid_optimum_hyperparams"]) == set(names) and np.isfinite(s["regret"])
         assert (s["keras_max_abs_diff"] is None) == (optimizers.get(o).keras is None)
-    landscape = read_csv(root / "reports/evaluation/landscape.csv")
-    assert {r["optimizer"] for r in landscape} == set(params.study.optimizers)
+        assert set(s["samplers"]) == {"tpe", "random", "qmc", "cmaes"} and s["random_search"]["expected_best_at_budget"]
+    pairs = summary["comparisons"]["pairs"]
+    n = len(params.study.optimizers)
+    assert len(pairs) == n * (n - 1) // 2 and sum(summary["comparisons"]["probability_best"].values()) == pytest.approx(1)
+    assert set(summary["comparisons"]["tuned_vs_book"]) == set(params.study.optimizers)
+    samplers_csv = read_csv(root / "reports/evaluation/samplers.csv")
+    assert len(samplers_csv) == n * 4 * params.evaluate.sampler_repeats * params.study.n_trials
+    grid_rows = read_csv(root / "reports/evaluation/landscape.csv")
+    assert {r["optimizer"] for r in grid_rows} == set(params.study.optimizers)
     for name in ("convergence", "effective_lr"):  # the DVC plots' files: one column per optimizer
         assert list(read_csv(root / f"reports/evaluation/{name}.csv")[0]) == ["examples", *params.study.optimizers]
     page = (root / "reports/report.html").read_text()
@@ -145,6 +153,7 @@ def test_scenario_runs_through_every_stage(scenario, raw_file, tmp_path):
     if scenario == "evaluation and divergence":
         book = summary["optimizers"]["sgd"]["book_final_loss"]
         assert book == {"mean": None, "ci95": None, "diverged_seeds": 3, "seeds": 3}
+        assert summary["comparisons"]["tuned_vs_book"]["sgd"]["mean_diff"] is None  # no seed to pair with
         assert "all 3 seeds diverged" in (tmp_path / "reports/report.html").read_text()
         assert summary["seeds"] == [50, 51, 52]
     if scenario == "protocol and scales":

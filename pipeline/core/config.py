@@ -74,6 +74,7 @@ class EvaluateParams:
     lr_points: int  # landscape: grid points of a one-hyperparameter search space
     grid_points: int  # landscape: grid side of a two-hyperparameter space
     cube_points: int  # landscape: grid side of a space of three or more hyperparameters
+    sampler_repeats: int  # the sampler comparison repeats each sampler over this many seeds
     quadratic_steps: int
     quadratic: dict  # optimizer -> hyperparameters for the 2-D demo (the registry's where left out)
 
@@ -165,7 +166,7 @@ def _check_value(where: str, name: str, value: float) -> None:
 
 def _validate_evaluate(ev: EvaluateParams, study: StudyParams) -> EvaluateParams:
     for key in ("seeds", "framework_seeds", "floor_tolerance", "lr_points", "grid_points", "cube_points",
-                "quadratic_steps"):
+                "sampler_repeats", "quadratic_steps"):
         _positive(f"evaluate.{key}", getattr(ev, key))
     if ev.seeds < 2:
         _fail("evaluate.seeds", "need at least 2 seeds for a confidence interval")

@@ -53,6 +53,7 @@ class Optimizer(NamedTuple):
     book: dict  # the book's setting on the airfoil data (train, evaluate's "book" runs)
     quadratic: dict  # the setting of the 2-D demo on f = 0.1 x1^2 + 2 x2^2
     keras: Optional[Callable[[dict], object]] = None  # hyper -> the tf.keras optimizer with the same formula
+    defaults: Optional[dict] = None  # a framework's default values of these (Keras's; Yogi: TensorFlow Addons')
     color: str = "tab:gray"
     note: str = ""  # what its effective learning rate does and does not capture, for the report
 
@@ -75,33 +76,36 @@ def _keras(cls: str, **fixed):
 EPS = pieces.EPS
 OPTIMIZERS = {opt.name: opt for opt in (
     build("sgd", "SGD", pieces.chain(pieces.scale_by_learning_rate()),
-          book={"lr": 0.05}, quadratic={"lr": 0.4}, keras=_keras("SGD"), color="tab:blue",
+          book={"lr": 0.05}, quadratic={"lr": 0.4}, defaults={"lr": 0.01}, keras=_keras("SGD"), color="tab:blue",
           note="constant: lr itself"),
     build("momentum", "Momentum", pieces.chain(pieces.trace("beta"), pieces.scale_by_learning_rate()),
           book={"lr": 0.005, "beta": 0.9}, quadratic={"lr": 0.4, "beta": 0.5}, keras=_keras("SGD"),
+          defaults={"lr": 0.01, "beta": 0.9},  # Keras's lr with the customary 0.9 (its default, 0, is plain SGD)
           color="tab:purple",
           note="lr, constant: the velocity sums about 1 / (1 - beta) past gradients, so the step is up to "
                "lr / (1 - beta) times the gradient, which a per-gradient rate does not capture"),
     build("adagrad", "Adagrad", pieces.chain(pieces.scale_by_sum_of_squares(), pieces.scale_by_learning_rate()),
-          book={"lr": 0.1}, quadratic={"lr": 0.4}, color="tab:orange",
+          book={"lr": 0.1}, quadratic={"lr": 0.4}, defaults={"lr": 0.001}, color="tab:orange",
           keras=_keras("Adagrad", initial_accumulator_value=0.0, epsilon=EPS),
           note="lr / sqrt(s + eps) with s the sum of all squared gradients: it only falls"),
     build("rmsprop", "RMSProp", pieces.chain(pieces.scale_by_rms("gamma"), pieces.scale_by_learning_rate()),
           book={"lr": 0.01, "gamma": 0.9}, quadratic={"lr": 0.4, "gamma": 0.9}, color="tab:green",
+          defaults={"lr": 0.001, "gamma": 0.9},
           keras=_keras("RMSprop", epsilon=EPS),
           note="lr / sqrt(s + eps) with s a leaky average: it levels off after about 1 / (1 - gamma) steps"),
     build("adadelta", "Adadelta", pieces.chain(pieces.scale_by_adadelta("rho"), pieces.descend()),
           book={"rho": 0.9}, quadratic={"rho": 0.9}, color="tab:brown",
+          defaults={"rho": 0.95},  # Keras's rho; its learning_rate 0.001 scales the book's (and Zeiler's) step of 1
           keras=_keras("Adadelta", learning_rate=1.0, epsilon=pieces.ADADELTA_EPS),
           note="sqrt(dx + eps) / sqrt(s + eps): no learning rate, the average of past steps sets the scale"),
     build("adam", "Adam", pieces.chain(pieces.scale_by_adam("beta1", "beta2"), pieces.scale_by_learning_rate()),
           book={"lr": 0.01, "beta1": 0.9, "beta2": 0.999}, quadratic={"lr": 0.4, "beta1": 0.9, "beta2": 0.999},
-          color="tab:red", keras=_keras("Adam", epsilon=pieces.ADAM_EPS),
+          defaults={"lr": 0.001, "beta1": 0.9, "beta2": 0.999}, color="tab:red", keras=_keras("Adam", epsilon=pieces.ADAM_EPS),
           note="lr / (sqrt(s_hat) + eps), bias-corrected: s_hat = s / (1 - beta2^t) is right from the first step"),
     build("yogi", "Yogi", pieces.chain(pieces.scale_by_adam("beta1", "beta2", second_moment=pieces.yogi_average,
                                                             eps=pieces.YOGI_EPS), pieces.scale_by_learning_rate()),
           book={"lr": 0.01, "beta1": 0.9, "beta2": 0.999}, quadratic={"lr": 0.4, "beta1": 0.9, "beta2": 0.999},
-          color="tab:pink",
+          defaults={"lr": 0.01, "beta1": 0.9, "beta2": 0.999}, color="tab:pink",
           note="as Adam's, but s moves towards g^2 by at most (1 - beta2) g^2 per step, so it cannot collapse"),
 )}
 

@@ -17,14 +17,16 @@ import pandas as pd
 from matplotlib.backends.backend_pdf import PdfPages
 
 from pipeline.core import fileio, optimizers
+from pipeline.stages.report import comparison_figures as CF
 from pipeline.stages.report import figures as F
+from pipeline.stages.report import findings
 from pipeline.core.config import Params
 from pipeline.core.errors import PipelineError
 
 plt = F.plt
 PACKAGES = ("tensorflow-cpu", "keras", "optuna", "mlflow", "dvc", "numpy", "pandas", "matplotlib")
-SECTIONS = ("1. Setup", "2. Results", "3. Convergence", "4. Effective learning rate", "5. The search",
-            "6. From scratch vs Keras, and how to reproduce")
+SECTIONS = ("Key findings", "1. Setup", "2. Results", "3. Convergence", "4. Effective learning rate", "5. The search",
+            "6. Comparisons", "7. From scratch vs Keras, and how to reproduce")
 
 
 class Inputs:
@@ -39,6 +41,7 @@ class Inputs:
             self.landscape = pd.read_csv(eval_dir / "landscape.csv")
             self.budget = pd.read_csv(eval_dir / "budget.csv")
             self.quad = pd.read_csv(eval_dir / "quadratic.csv")
+            self.samplers = pd.read_csv(eval_dir / "samplers.csv")
             self.trials = {o: pd.read_csv(Path(studies_dir) / o / "trials.csv") for o in params.study.optimizers}
         except FileNotFoundError as e:
             raise PipelineError(f"{e.filename} not found: run `dvc repro evaluate` first") from None
@@ -51,13 +54,24 @@ class Inputs:
 
 
 FIGURES = {  # section -> figures, in order
-    SECTIONS[2]: [("convergence", F.fig_convergence), ("excess_loss", F.fig_excess)],
-    SECTIONS[3]: [("effective_lr", F.fig_effective_lr), ("decay_weights", F.fig_decay_weights),
+    SECTIONS[3]: [("convergence", F.fig_convergence), ("excess_loss", F.fig_excess)],
+    SECTIONS[4]: [("effective_lr", F.fig_effective_lr), ("decay_weights", F.fig_decay_weights),
                   ("quadratic", F.fig_quadratic)],
-    SECTIONS[4]: [("optimization_history", F.fig_history), ("landscape", F.fig_landscape),
-                  ("sensitivity", F.fig_sensitivity), ("regret_vs_budget", F.fig_budget)],
-    SECTIONS[5]: [("scratch_vs_keras", F.fig_framework)],
+    SECTIONS[5]: [("optimization_history", F.fig_history), ("landscape", F.fig_landscape),
+                  ("sensitivity", F.fig_sensitivity)],
+    SECTIONS[6]: [("tunability", CF.fig_tunability), ("samplers", CF.fig_samplers)],
+    SECTIONS[7]: [("scratch_vs_keras", F.fig_framework)],
 }
+
+
+def tables(d: Inputs) -> dict:
+    """section -> [(title, header, rows)]."""
+    return {SECTIONS[2]: [("", *findings.results_table(d))],
+            SECTIONS[6]: [("Paired comparisons on the evaluation seeds (negative: the first is better)",
+                           *findings.comparison_table(d)),
+                          ("Samplers against the grid optimum: median regret at the full budget / trials until "
+                           "their median matches random search's expectation at the full budget",
+                           *findings.sampler_table(d))]}
 
 
 def title(d: Inputs) -> str:
@@ -90,22 +104,6 @@ def _version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "n/a"
-
-
-def results_table(d: Inputs) -> tuple:
-    header = ["optimizer", "book settings", "tuned settings", "book final loss", "tuned final loss (95% CI)",
-              "examples to floor (tuned)", "diverged trials", "trials"]
-    rows = []
-    for o in d.optimizers:
-        s = d.opt[o]
-        reach = s["tuned_examples_to_floor"]
-        steps = f"{reach['median']:.0f} ({reach['seeds_reached']}/{reach['seeds']} seeds)" if reach["median"] else \
-            f"never ({reach['seeds_reached']}/{reach['seeds']})"
-        rows.append([F.label(o), F.fmt_hyper(s["book_hyperparams"]), F.fmt_hyper(s["tuned_hyperparams"]),
-                     F.fmt_loss(s["book_final_loss"]),
-                     F.fmt_loss(s["tuned_final_loss"]),
-                     steps, str(s["diverged_trials"]), str(s["trials"])])
-    return header, rows
 
 
 REPRODUCE = ["make repro            # set up .venv and run dvc repro (download ... report)",
@@ -145,11 +143,10 @@ def render(d: Inputs, out_dir: Path, commit: str) -> dict:
     once per format anyway, and the two halves take about as long as each other."""
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    header, rows = results_table(d)
-    setup = setup_lines(d, commit)
+    text = {"findings": findings.key_findings(d), "setup": setup_lines(d, commit), "tables": tables(d)}
     with fileio.atomic_path(out_dir / "report.pdf") as tmp_pdf:
-        pdf_writer = multiprocessing.get_context("fork").Process(
-            target=_write_pdf, args=(d, tmp_pdf, setup, header, rows), name="report-pdf")
+        pdf_writer = multiprocessing.get_context("fork").Process(target=_write_pdf, args=(d, tmp_pdf, text),
+                                                                 name="report-pdf")
         pdf_writer.start()
         try:
             rendered = {}  # section -> [(name, png bytes, caption)]
@@ -167,7 +164,7 @@ def render(d: Inputs, out_dir: Path, commit: str) -> dict:
         if pdf_writer.exitcode != 0:
             raise PipelineError(f"drawing report.pdf failed (exit {pdf_writer.exitcode}, traceback above): "
                                 f"fix the figure it names and rerun `dvc repro report`")
-    fileio.write_bytes(out_dir / "report.html", _html(title(d), setup, header, rows, rendered).encode())
+    fileio.write_bytes(out_dir / "report.html", _html(title(d), text, rendered).encode())
     return {name: caption for figs in rendered.values() for name, _, caption in figs}
 
 
@@ -180,42 +177,60 @@ def _figures(d: Inputs):
                 yield (section, name, *made)
 
 
-def _write_pdf(d: Inputs, path: Path, setup, header, rows) -> None:
+def _write_pdf(d: Inputs, path: Path, text: dict) -> None:
     with PdfPages(path) as pdf:
-        _pdf_text_page(pdf, title(d), setup, header, rows)
-        titled = set()
-        for section, name, fig, caption in _figures(d):
-            _pdf_figure_page(pdf, fig, None if section in titled else section, caption)
-            titled.add(section)
-            plt.close(fig)
+        _pdf_text_page(pdf, title(d), [(SECTIONS[0], text["findings"]), (SECTIONS[1], text["setup"])])
+        for section in SECTIONS[2:]:
+            heading = section
+            for table_title, header, rows in text["tables"].get(section, []):
+                _pdf_table_page(pdf, heading, table_title, header, rows)
+                heading = None
+            for name, make in FIGURES.get(section, []):
+                made = make(d)
+                if made is not None:
+                    _pdf_figure_page(pdf, made[0], heading, made[1])
+                    plt.close(made[0])
+                    heading = None
         _pdf_reproduce_page(pdf)
 
 
-def _pdf_text_page(pdf, heading, setup, header, rows):
+def _pdf_text_page(pdf, heading, blocks):
     import textwrap
 
     fig = plt.figure(figsize=(11, 8.5))
     fig.text(0.05, 0.95, heading, fontsize=16 if len(heading) < 80 else 12, weight="bold")
-    fig.text(0.05, 0.90, SECTIONS[0], fontsize=13, weight="bold")
-    y = 0.86
-    for line in setup:
-        for part in textwrap.wrap(line, 150):
-            fig.text(0.05, y, part, fontsize=8)
-            y -= 0.025
-    fig.text(0.05, y - 0.02, SECTIONS[1], fontsize=13, weight="bold")
-    ax = fig.add_axes([0.03, 0.05, 0.94, y - 0.1])
+    y = 0.90
+    for section, lines in blocks:
+        fig.text(0.05, y, section, fontsize=13, weight="bold")
+        y -= 0.04
+        for line in lines:
+            for i, part in enumerate(textwrap.wrap(line, 150)):
+                fig.text(0.05 if i == 0 else 0.065, y, ("- " if i == 0 else "") + part, fontsize=8)
+                y -= 0.022
+        y -= 0.02
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+def _pdf_table_page(pdf, section, table_title, header, rows):
+    fig = plt.figure(figsize=(11, 8.5))
+    if section:
+        fig.text(0.05, 0.95, section, fontsize=13, weight="bold")
+    if table_title:
+        fig.text(0.05, 0.91, table_title, fontsize=9)
+    ax = fig.add_axes([0.03, 0.05, 0.94, 0.83])
     ax.axis("off")
-    widths = [0.08, 0.14, 0.18, 0.14, 0.17, 0.13, 0.08, 0.06]
     # One setting per line, and a mean apart from its interval: seven optimizers fit the page.
-    cells = [[c.replace(", ", "\n").replace(" +/- ", "\n+/- ").replace(" (", "\n(") for c in row] for row in rows]
+    cells = [[c.replace(", ", "\n").replace(" +/- ", "\n+/- ").replace(" (", "\n(").replace(" / ", "\n/ ")
+              for c in row] for row in rows]
     lines = max(c.count("\n") + 1 for row in cells for c in row)
-    table = ax.table(cellText=cells, colLabels=[h.replace(" (", "\n(") for h in header], loc="upper center",
-                     cellLoc="center", colWidths=widths)
+    table = ax.table(cellText=cells, colLabels=[h.replace(" (", "\n(").replace(": ", ":\n") for h in header],
+                     loc="upper center", cellLoc="center")
     table.auto_set_font_size(False)
-    table.set_fontsize(7 if len(rows) <= 4 else 6.5)
-    unit = min(0.045, 1.0 / (2 + len(rows) * lines))  # one text line, as a fraction of the table's axes
+    table.set_fontsize(7 if len(rows) <= 8 else 6)
+    unit = min(0.045, 1.0 / (3 + len(rows) * lines))  # one text line, as a fraction of the table's axes
     for (row, _), cell in table.get_celld().items():
-        cell.set_height(unit * (2 if row == 0 else lines))
+        cell.set_height(unit * (3 if row == 0 else lines))
     pdf.savefig(fig)
     plt.close(fig)
 
@@ -245,21 +260,23 @@ def _pdf_reproduce_page(pdf):
     plt.close(fig)
 
 
-def _html(heading, setup, header, rows, rendered) -> str:
+def _html(heading, text, rendered) -> str:
     esc = html.escape
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-             "<title>Optimizers on the airfoil data</title><style>body{font-family:sans-serif;max-width:60em;"
+             f"<title>{esc(heading)}</title><style>body{{font-family:sans-serif;max-width:60em;"
              "margin:2em auto;padding:0 1em;line-height:1.4}table{border-collapse:collapse;font-size:90%}"
              "td,th{border:1px solid #ccc;padding:.3em .5em}img{max-width:100%}figcaption{font-size:90%;color:#333}"
              "pre{background:#f4f4f4;padding:.6em}</style></head><body>",
              f"<h1>{esc(heading)}</h1>",
-             f"<h2>{esc(SECTIONS[0])}</h2><ul>", *[f"<li>{esc(line)}</li>" for line in setup], "</ul>",
-             f"<h2>{esc(SECTIONS[1])}</h2><table><tr>", *[f"<th>{esc(h)}</th>" for h in header], "</tr>"]
-    for row in rows:
-        parts += ["<tr>", *[f"<td>{esc(c)}</td>" for c in row], "</tr>"]
-    parts.append("</table>")
+             f"<h2>{esc(SECTIONS[0])}</h2><ul id='key-findings'>", *[f"<li>{esc(x)}</li>" for x in text["findings"]],
+             "</ul>", f"<h2>{esc(SECTIONS[1])}</h2><ul>", *[f"<li>{esc(x)}</li>" for x in text["setup"]], "</ul>"]
     for section in SECTIONS[2:]:
         parts.append(f"<h2>{esc(section)}</h2>")
+        for table_title, header, rows in text["tables"].get(section, []):
+            parts += [f"<p>{esc(table_title)}</p>" if table_title else "", "<table><tr>",
+                      *[f"<th>{esc(h)}</th>" for h in header], "</tr>"]
+            parts += [f"<tr>{''.join(f'<td>{esc(c)}</td>' for c in row)}</tr>" for row in rows]
+            parts.append("</table>")
         for name, png, caption in rendered.get(section, []):
             data = base64.b64encode(png).decode()
             parts.append(f"<figure id='{name}'><img alt='{esc(name)}' src='data:image/png;base64,{data}'>"

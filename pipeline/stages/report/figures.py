@@ -239,25 +239,6 @@ def fig_sensitivity(d):
                  f"(lines) and the study's trials (dots). Values within twice the best excess loss: {'; '.join(spans)}.")
 
 
-def fig_budget(d):
-    fig, ax = plt.subplots(figsize=(7, 3.4))
-    notes = []
-    for o in d.optimizers:
-        b = d.budget[d.budget.optimizer == o]
-        optimum = d.opt[o]["grid_optimum"]
-        if optimum is None:
-            continue
-        ax.plot(b.trials, (b.best_so_far - optimum).clip(lower=1e-9), "-", color=color(o), label=f"{label(o)} TPE best so far")
-        ax.plot(b.trials, (b.expected_best - optimum).clip(lower=1e-9), "--", color=color(o),
-                label=f"{label(o)} subsample of n of its trials")
-        notes.append(f"{label(o)} {d.opt[o]['regret']:.1e}")
-    ax.set(xscale="log", yscale="log", xlabel="number of trials", ylabel="regret: best - grid optimum (log)")
-    ax.legend(fontsize=6, ncol=2)
-    return fig, (f"Regret against the grid optimum as the budget grows: the study's best so far (solid) and the "
-                 f"expected best of n of the study's own trials drawn without replacement (dashed). Final regret: "
-                 f"{'; '.join(notes)} (negative: the study beat the grid; shown clipped at 1e-9).")
-
-
 def fig_framework(d):
     shown = [o for o in d.optimizers if d.opt[o]["keras_max_abs_diff"] is not None]
     if not shown:

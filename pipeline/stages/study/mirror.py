@@ -12,9 +12,10 @@ import time
 import numpy as np
 from optuna.trial import TrialState
 
-from pipeline.stages.study import search, storage
+from pipeline.core import space
 from pipeline.core.config import Params
 from pipeline.core.tracking import Tracker
+from pipeline.stages.study import storage
 
 
 def run_status(trial) -> str:
@@ -27,7 +28,7 @@ def run_status(trial) -> str:
 def log_trial(tracker: Tracker, parent_id: str, optimizer: str, params: Params, trial) -> None:
     """Queue the MLflow run of a finished trial."""
     record, reason = trial.user_attrs.get("result"), storage.fail_reason(trial)
-    hyper = record["hyperparams"] if record else search.sampled_hyperparams(trial, optimizer, params.study.search_space)
+    hyper = record["hyperparams"] if record else space.sampled_hyperparams(trial, optimizer, params.study.search_space)
     metrics, curves = {}, {}
     if record:
         curves = {name: tuple(zip(*[(x, v) for x, v in zip(record["examples"], record[name]) if v is not None]))

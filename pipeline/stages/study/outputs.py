@@ -12,12 +12,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from pipeline.core import fileio, optimizers
-from pipeline.stages.study import search, storage
+from pipeline.core import fileio, optimizers, space
 from pipeline.core.config import Params
 from pipeline.core.errors import PipelineError
-from pipeline.stages.study.trials import is_counted
 from pipeline.core.tracking import Tracker
+from pipeline.stages.study import search, storage
+from pipeline.stages.study.trials import is_counted
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def log_study_summary(tracker: Tracker, parent_id: str, study: optuna.Study, opt
         warnings.simplefilter("ignore")  # the matplotlib backends are marked experimental
         plots = {"optimization_history": lambda: vis.matplotlib.plot_optimization_history(study),
                  "slice": lambda: vis.matplotlib.plot_slice(study)}
-        names = {h: search.optuna_name(h, params.study.search_space[h]) for h in optimizers.get(optimizer).hyperparams}
+        names = {h: space.optuna_name(h, params.study.search_space[h]) for h in optimizers.get(optimizer).hyperparams}
         pairs = [(a, b) for i, a in enumerate(names) for b in list(names)[i + 1:]]
         for a, b in pairs:  # every pair of hyperparameters, under Optuna's names for them
             plots[f"{a}_{b}_contour"] = lambda a=a, b=b: vis.matplotlib.plot_contour(study, params=[names[a], names[b]])

@@ -6,18 +6,18 @@ Everything here changes a trial's result, so this file's code is part of the stu
 import dataclasses
 import hashlib
 import json
-import math
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.core import engine, optimizers, pieces
-from pipeline.core.config import Params, Range
+from pipeline.core import engine, optimizers, pieces, space
+from pipeline.core.config import Params
 from pipeline.core.data import Dataset
 
 # Files whose content changes results: part of the study name, so a fix there starts a new study.
-RESULT_CODE = [Path(__file__), Path(engine.__file__), Path(optimizers.__file__), Path(pieces.__file__)]
+RESULT_CODE = [Path(__file__), Path(space.__file__), Path(engine.__file__), Path(optimizers.__file__),
+               Path(pieces.__file__)]
 EDGE_FRACTION = 0.02  # a best value this close to a range end (as a fraction of its width) is "at the edge"
 
 
@@ -49,42 +49,14 @@ def sampler(seed: int, trial_number: int):
     return optuna.samplers.TPESampler(seed=seed * 1_000_003 + trial_number)
 
 
-def optuna_name(name: str, r: Range) -> str:
-    """What Optuna calls a hyperparameter: log1m ranges are sampled as 1 - value."""
-    return f"one_minus_{name}" if r.scale == "log1m" else name
-
-
-def suggest(trial, name: str, r: Range) -> float:
-    if r.scale == "log1m":  # sample 1 - value log-uniformly: fair coverage of memory lengths
-        return 1.0 - trial.suggest_float(optuna_name(name, r), 1.0 - r.high, 1.0 - r.low, log=True)
-    return trial.suggest_float(name, r.low, r.high, log=r.scale == "log")
-
-
-def sampled_hyperparams(trial, optimizer: str, space: dict) -> dict:
-    """The hyperparameters a trial was given, from Optuna's own record (also for trials that
-    were interrupted before they produced a result)."""
-    found = {}
-    for h in optimizers.get(optimizer).hyperparams:
-        key = optuna_name(h, space[h])
-        if key in trial.params:
-            found[h] = 1.0 - trial.params[key] if key != h else trial.params[key]
-    return found
-
-
-def position(value: float, r: Range) -> float:
-    """Where value lies in its range, 0..1, on the scale it is sampled on."""
-    f = {"linear": lambda v: v, "log": math.log, "log1m": lambda v: -math.log(1.0 - v)}[r.scale]
-    return (f(value) - f(r.low)) / (f(r.high) - f(r.low))
-
-
-def edge_warnings(best: dict, space: dict) -> list:
+def edge_warnings(best: dict, search_space: dict) -> list:
     found = []
     for name, value in best.items():
-        pos = position(value, space[name])
+        pos = space.position(value, search_space[name])
         if pos < EDGE_FRACTION or pos > 1 - EDGE_FRACTION:
             end = "low" if pos < 0.5 else "high"
             found.append(f"best {name} = {value:.6g} lies at the {end} edge of its range "
-                         f"[{space[name].low}, {space[name].high}]: widen study.search_space.{name}")
+                         f"[{search_space[name].low}, {search_space[name].high}]: widen study.search_space.{name}")
     return found
 
 

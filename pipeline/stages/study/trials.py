@@ -4,7 +4,7 @@ A trial's life, top to bottom in this file: `start` creates or joins the study (
 digest of everything that changes results, search.study_name), finds its MLflow parent run and
 fails the trials of dead workers; `run_trials` asks for trials until the budget is counted;
 `TrialRunner.run` asks one, records its worker, beats its heartbeat, samples its hyperparameters
-(search.suggest), trains its seeds (search.evaluate_trial), tells Optuna (COMPLETE, or PRUNED
+(core/space.py), trains its seeds (search.evaluate_trial), tells Optuna (COMPLETE, or PRUNED
 with failure "diverged", which TPE ranks below every complete trial), then queues its MLflow run
 (mirror.log_own_trial). Outputs are written by study_outputs.
 
@@ -25,13 +25,13 @@ from typing import NamedTuple
 import optuna
 from optuna.trial import TrialState
 
-from pipeline.stages.study import mirror, search, storage, workers
-from pipeline.core import optimizers
-from pipeline.core.interrupts import interrupts_deferred
+from pipeline.core import space
 from pipeline.core.config import Params
 from pipeline.core.data import Dataset
-from pipeline.stages.study.storage import Failure
+from pipeline.core.interrupts import interrupts_deferred
 from pipeline.core.tracking import Tracker
+from pipeline.stages.study import mirror, search, storage, workers
+from pipeline.stages.study.storage import Failure
 
 log = logging.getLogger(__name__)
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attribute: the MLflow parent run every worker logs under
@@ -85,8 +85,7 @@ class TrialRunner:
     def _run(self, study, trial, clock, t0):
         p = self.params
         study.sampler = search.sampler(p.study.seed, trial.number)
-        hyper = {h: search.suggest(trial, h, p.study.search_space[h])
-                 for h in optimizers.get(self.optimizer).hyperparams}
+        hyper = space.suggest_all(trial, self.optimizer, p.study.search_space)
         t1 = time.perf_counter()
         result = search.evaluate_trial(hyper, self.optimizer, p, self.dataset)
         t2 = time.perf_counter()
