@@ -86,6 +86,18 @@ def fresh_clone(tmp: Path, name: str, params_edit=None) -> Path:
     return dest
 
 
+def bench_samplers(ds, params, optimizer_names):
+    """The evaluation's sampler comparison alone (4 samplers x evaluate.sampler_repeats seeds x
+    study.n_trials trials per optimizer), against each study's budget of trials."""
+    from pipeline.stages.evaluate import samplers
+    rows = []
+    for name in optimizer_names:
+        start = time.perf_counter()
+        samplers.compare(ds, name, params, optimum=0.0)
+        rows.append({"optimizer": name, "seconds": time.perf_counter() - start})
+    return rows
+
+
 def bench_pipeline(quick: bool, repeats: int):
     """Cold `dvc repro` in fresh clones (median of `repeats`), a no-op rerun, and each stage alone."""
     env = {**os.environ, "CI": "true", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -147,6 +159,10 @@ def markdown(r: dict) -> str:
     if k1024:
         lines.append(f"| engine K = 1024 <= 25 us per config | {k1024['us_per_config']:.1f} us "
                      f"({k1024['speedup_per_config']:.0f}x the eager loop per config) |")
+    default = [x["seconds"] for x in r["samplers"] if x["optimizer"] in ("sgd", "adagrad", "rmsprop")]
+    lines.insert(lines.index("## Targets") + 6, f"| sampler comparison (default optimizers) <= 15 s | {sum(default):.1f} s "
+                 f"(whole chapter {sum(x['seconds'] for x in r['samplers']):.1f} s: "
+                 + ", ".join(f"{x['optimizer']} {x['seconds']:.1f}" for x in r["samplers"]) + ") |")
     lines += ["", "## Pipeline stages, whole chapter (each in its own `dvc repro --single-item`, cold)", "",
               "| stage | seconds | peak RSS MiB |", "| --- | --- | --- |",
               *[f"| {s['stage']} | {s['seconds']:.1f} | {s['peak_rss_mib']:.0f} |" for s in r["pipeline"]["stages"]],
@@ -181,6 +197,8 @@ def main():
     results["study_default"] = results["study_trials"][-1 if q else 1]
     print("study seeds ...", flush=True)
     results["study_seeds"] = [bench_study(ds, params, 10 if q else 50, s) for s in ([1, 10] if q else [1, 3, 10, 30])]
+    print("samplers ...", flush=True)
+    results["samplers"] = bench_samplers(ds, params, sorted(optimizers.OPTIMIZERS))
     print("pipeline ...", flush=True)
     results["pipeline"] = bench_pipeline(q, 1 if q else 3)
     text = markdown(results)
