@@ -104,6 +104,11 @@ def _tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_TRACKING_URI
 
 
+def _source_tags(params: config.Params) -> dict:
+    commit = git_commit()
+    return {"git_commit": commit, "mlflow.source.git.commit": commit, "data_sha1": params.data.sha1}
+
+
 def cmd_study(args, params: config.Params) -> None:
     from pipeline.stages import study
 
@@ -112,8 +117,7 @@ def cmd_study(args, params: config.Params) -> None:
     workers = 1 if args.worker else (args.workers or params.study.workers)
     progress = sys.stderr.isatty() and not os.environ.get("CI") and not args.worker
     result, outcome, timings = study.run(args.optimizer, params, storage_url, _tracking_uri(), workers, args.worker,
-                                         args.params, progress, {"git_commit": git_commit(),
-                                                                 "data_sha1": params.data.sha1})
+                                         args.params, progress, _source_tags(params))
     if outcome is None:
         return
     m = outcome["metrics"]

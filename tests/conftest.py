@@ -122,6 +122,11 @@ def closed_port_url(path: str = "/airfoil.dat") -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}{path}"
 
 
+def experiment_ids(client) -> list:
+    """Every experiment of an MLflow store: a study's trial runs live in one of their own."""
+    return [e.experiment_id for e in client.search_experiments()]
+
+
 def read_csv(path) -> list:
     """The rows of a CSV output (trials.csv, timings.csv, ...) as dicts."""
     import csv

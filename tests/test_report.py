@@ -127,15 +127,20 @@ def test_dvc_repro_runs_every_stage_then_reruns_only_what_changed(project_copy):
         assert len(list(csv.DictReader(open(project_copy / f"studies/{name}/trials.csv")))) == 6
         journal = storage.open_storage("journal", name, config.load_params(project_copy / "params.yaml").study,
                                        project_copy / "studies")
-        [summary] = optuna.get_all_study_summaries(journal)
+        [summary] = [s for s in optuna.get_all_study_summaries(journal) if s.study_name.startswith(f"{name}-")]
         trials = optuna.load_study(study_name=summary.study_name, storage=journal).trials
         assert sum(study.is_counted(t) for t in trials) == 6
-        listed = subprocess.run(["optuna", "studies", "--storage", f"studies/{name}/optuna.journal",
+        listed = subprocess.run(["optuna", "studies", "--storage", "studies/optuna.journal",
                                  "--storage-class", "JournalFileBackend", "-f", "json"],
                                 cwd=project_copy, capture_output=True, text=True, check=True)
-        assert json.loads(listed.stdout)[0]["n_trials"] == len(trials)
+        listed = {s["name"]: s["n_trials"] for s in json.loads(listed.stdout)}
+        assert listed[summary.study_name] == len(trials)
         [parent] = client.search_runs([exp], f"tags.study_name = '{summary.study_name}' and tags.run_type = 'study'")
-        children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        assert parent.info.run_name == f"{name} · 6 trials · lr 0.0001..1" + (", gamma 0.5..0.999" if name == "rmsprop" else "")
+        assert f"Best: trial {parent.data.tags['best_trial']}," in parent.data.tags["mlflow.note.content"]
+        assert parent.data.tags["mlflow.source.git.commit"] == parent.data.tags["git_commit"] != "unknown"
+        trials_exp = client.get_experiment_by_name(f"airfoil-optimizers · {name} trials").experiment_id
+        children = client.search_runs([trials_exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
         assert sorted(int(r.data.tags["trial_number"]) for r in children) == [t.number for t in trials]
         assert {"lr", "optimizer", "seeds", "batch_size", "epochs", "trial_number"} <= set(children[0].data.params)
         assert [m.step for m in client.get_metric_history(children[0].info.run_id, "loss")] == list(range(200, 3001, 200))

@@ -106,7 +106,8 @@ def mlflow_runs(server_url, root):
     """The study parent runs and child runs of this project's experiment, from MLflow's API."""
     client = MlflowClient(server_url)
     experiment = config.load_params(root / "params.yaml").mlflow.experiment
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=5000)
+    ids = [e.experiment_id for e in client.search_experiments() if e.name.startswith(experiment)]
+    runs = client.search_runs(ids, max_results=5000)
     return client, runs
 
 

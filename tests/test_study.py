@@ -18,7 +18,7 @@ from pipeline.core import config, tracking
 from pipeline.stages.study import mirror, trials as study, outputs as study_outputs
 from pipeline.stages.study import storage as storage_mod
 from pipeline.core.errors import PipelineError
-from conftest import read_csv, run_env
+from conftest import experiment_ids, read_csv, run_env
 
 
 def with_study(params, **changes):
@@ -41,7 +41,7 @@ def run(optimizer, params, dataset, root, storage="journal", summary=False):
 
 
 def child_runs(client, parent):
-    return client.search_runs(client.get_experiment_by_name("test").experiment_id,
+    return client.search_runs(experiment_ids(client),
                               f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000)
 
 
@@ -148,7 +148,7 @@ def _project(project_copy):
 
 def _counted(root, optimizer):
     storage = storage_mod.open_storage("journal", optimizer, config.load_params(root / "params.yaml").study, root / "studies")
-    summaries = optuna.get_all_study_summaries(storage)
+    summaries = [s for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith(f"{optimizer}-")]
     if not summaries:
         return []
     s = optuna.load_study(study_name=summaries[0].study_name, storage=storage)
@@ -184,7 +184,8 @@ def test_killed_study_resumes_without_losing_or_repeating_trials(project_copy):
     exp = client.get_experiment_by_name("airfoil-optimizers").experiment_id
     parents = client.search_runs([exp], "tags.run_type = 'study'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'", max_results=1000)
+    children = client.search_runs(experiment_ids(client), f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'",
+                                  max_results=1000)
     finished = [int(r.data.tags["trial_number"]) for r in children if r.info.status in ("FINISHED", "FAILED")]
     assert sorted(finished) == sorted(numbers)  # each counted trial logged exactly once
     assert all(r.info.status != "RUNNING" for r in children)
@@ -235,8 +236,8 @@ def test_trial_told_but_not_logged_is_completed_in_mlflow_on_resume(params, data
 
 def test_lock_of_a_killed_worker_does_not_block_the_next_run(params, dataset, tmp_path):
     """SIGKILL while holding the journal lock: the next run proceeds at once (no stale lock)."""
-    lock = tmp_path / "sgd" / "optuna.lock"
-    lock.parent.mkdir(parents=True)
+    lock = tmp_path / "optuna.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from pathlib import Path; from pipeline.stages.study.storage import FlockLock; "
         f"FlockLock(Path({str(lock)!r})).acquire(); print('held', flush=True); time.sleep(600)")],
@@ -285,14 +286,16 @@ def test_concurrent_workers_never_log_a_trial_twice(project_copy):
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     exp = client.get_experiment_by_name("airfoil-optimizers").experiment_id
     [parent] = client.search_runs([exp], "tags.run_type = 'study'")
-    children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=1000)
+    children = client.search_runs(experiment_ids(client), f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                                  max_results=1000)
     for r in children:  # as if the worker that ran these had died before its MLflow writes landed
         if int(r.data.tags["trial_number"]) >= 5:
             client.delete_run(r.info.run_id)
     workers = [subprocess.Popen(cmd, cwd=root, env=run_env(CI="true"), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True) for _ in range(4)]
     assert [w.wait(timeout=600) for w in workers] == [0, 0, 0, 0], [w.stderr.read()[-2000:] for w in workers]
-    children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=1000)
+    children = client.search_runs(experiment_ids(client), f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                                  max_results=1000)
     numbers = sorted(int(r.data.tags["trial_number"]) for r in children)
     assert numbers == list(range(40))  # every trial once: none missing, none twice
     claims = [k for k in client.get_run(parent.info.run_id).data.params if k.startswith("mirror.trial_")]

@@ -109,8 +109,12 @@ class Tracker:
     def find_study_run(self, study_name: str):
         return self._call("find_study_run", study_name=study_name)
 
-    def create_study_run(self, study_name: str, tags: dict) -> str:
-        return self._call("create_run", name=study_name, tags={**tags, "study_name": study_name, "run_type": "study"})
+    def create_study_run(self, study_name: str, run_name: str, tags: dict) -> str:
+        return self._call("create_run", name=run_name, tags={**tags, "study_name": study_name, "run_type": "study"})
+
+    def experiment_ids(self, optimizer: str) -> tuple:
+        """(the summary experiment, the optimizer's trials experiment), for links in notes."""
+        return self._call("summary_experiment_id"), self._call("trials_experiment_id", optimizer=optimizer)
 
     def reopen(self, run_id: str) -> None:
         self._call("set_status", run_id=run_id, status="RUNNING")
@@ -118,10 +122,11 @@ class Tracker:
     def end(self, run_id: str, status: str) -> None:
         self._call("set_status", run_id=run_id, status=status)
 
-    def finish_study(self, run_id: str, metrics: dict, tags: dict, artifact_dir=None) -> None:
+    def finish_study(self, run_id: str, metrics: dict, tags: dict, artifact_dir=None, name=None) -> None:
         """Best values as metrics and tags, not params: a study extended with more trials may
         find a new best, and MLflow params cannot change once logged."""
         self._call("finish", run_id=run_id, metrics=metrics, params={}, tags={k: str(v) for k, v in tags.items()},
+                   name=name,
                    artifacts=[[str(artifact_dir), None]] if artifact_dir else [], directory=True)
 
     # --- trial runs -------------------------------------------------------------------------
@@ -151,9 +156,9 @@ class Tracker:
         """Wait until every trial sent so far is in MLflow."""
         self._call("ping")
 
-    def logged_trials(self, parent_id: str) -> dict:
+    def logged_trials(self, parent_id: str, optimizer: str) -> dict:
         """trial number -> its child runs' statuses."""
-        return {int(k): v for k, v in self._call("logged_trials", parent_id=parent_id).items()}
+        return {int(k): v for k, v in self._call("logged_trials", parent_id=parent_id, optimizer=optimizer).items()}
 
     def log_run(self, name: str, tags: dict, params: dict, metrics: dict, curves: dict) -> None:
         """A run of its own (no parent): scalar metrics, and curves as {name: (steps, values)}."""

@@ -40,19 +40,35 @@ class _Mlflow:
 
         self.Metric, self.Param, self.RunTag = Metric, Param, RunTag
         self.client = MlflowClient(tracking_uri=uri)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            try:
-                self.experiment_id = self.client.create_experiment(experiment)
-            except Exception:  # another worker created it just now
-                found = self.client.get_experiment_by_name(experiment)
-                if found is None:
-                    raise
+        self.experiment = experiment
+        self.experiment_id = self._experiment(experiment)
+        self._trial_experiments = {}
+
+    def _experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
         if found is not None:
-            self.experiment_id = found.experiment_id
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except Exception:  # another worker created it just now
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def trials_experiment_id(self, optimizer):
+        """Trial runs live in an experiment per optimizer, so the summary experiment's first
+        screen holds every study (and the report), however many trials they ran."""
+        if optimizer not in self._trial_experiments:
+            self._trial_experiments[optimizer] = self._experiment(f"{self.experiment} · {optimizer} trials")
+        return self._trial_experiments[optimizer]
+
+    def summary_experiment_id(self):
+        return self.experiment_id
 
     def trial(self, number, tags, metrics, params, status, start_ms, end_ms):
-        run = self.client.create_run(self.experiment_id, start_time=start_ms, tags=tags, run_name=f"trial-{number:04d}")
+        run = self.client.create_run(self.trials_experiment_id(tags["optimizer"]), start_time=start_ms, tags=tags,
+                                     run_name=f"{tags['optimizer']} trial {number:04d}")
         self.client.log_batch(run.info.run_id, metrics=[self.Metric(*m) for m in metrics],
                               params=[self.Param(k, v) for k, v in params.items()])
         self.client.set_terminated(run.info.run_id, status=status, end_time=end_ms)
@@ -88,7 +104,9 @@ class _Mlflow:
         else:
             self.client.set_terminated(run_id, status=status, end_time=now_ms())
 
-    def finish(self, run_id, metrics, params, tags, artifacts, directory):
+    def finish(self, run_id, metrics, params, tags, artifacts, directory, name=None):
+        if name:
+            self.client.update_run(run_id, name=name)
         self.client.log_batch(run_id, metrics=[self.Metric(k, float(v), now_ms(), 0) for k, v in metrics.items()],
                               params=[self.Param(k, v) for k, v in params.items()],
                               tags=[self.RunTag(k, v) for k, v in tags.items()])
@@ -103,10 +121,10 @@ class _Mlflow:
             pass
         return self.client.get_run(run_id).data.params[key]
 
-    def logged_trials(self, parent_id):
+    def logged_trials(self, parent_id, optimizer):
         found, token = {}, None
         while True:
-            page = self.client.search_runs([self.experiment_id], f"tags.`{PARENT}` = '{parent_id}'",
+            page = self.client.search_runs([self.trials_experiment_id(optimizer)], f"tags.`{PARENT}` = '{parent_id}'",
                                            max_results=5000, page_token=token)
             for run in page:
                 found.setdefault(run.data.tags["trial_number"], []).append(run.info.status)

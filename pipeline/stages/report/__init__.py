@@ -128,9 +128,16 @@ def run(params: Params, tracking_uri: str, commit: str) -> dict:
         metrics = {k: v for k, v in metrics.items() if v is not None}  # all seeds diverged: no number to log
         files = [(paths.REPORTS / "report.html", None), (paths.REPORTS / "report.pdf", None), (paths.SUMMARY, None)]
         files += [(paths.REPORTS / "figures" / f"{name}.png", "figures") for name in captions]
-        tracker.log_report("evaluation-report",
+        studies = {o: tracker.find_study_run(json.loads((paths.STUDIES_DIR / o / "best.json").read_text())["study_name"])
+                   for o in params.study.optimizers}
+        summary_id = tracker.experiment_ids(params.study.optimizers[0])[0]
+        note = "Built from the study runs: " + ", ".join(
+            f"[{o}](#/experiments/{summary_id}/runs/{run_id})" for o, run_id in studies.items() if run_id)
+        tracker.log_report(f"report · {', '.join(params.study.optimizers)}",
                            {f"evaluate.{k}": v for k, v in dataclasses.asdict(params.evaluate).items()},
-                           metrics, {"git_commit": commit, "data_sha1": params.data.sha1}, files)
+                           metrics, {"git_commit": commit, "mlflow.source.git.commit": commit,
+                                     "data_sha1": params.data.sha1, "mlflow.note.content": note,
+                                     "study_runs": ",".join(f"{o}={r}" for o, r in studies.items() if r)}, files)
     return captions
 
 

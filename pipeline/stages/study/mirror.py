@@ -77,7 +77,7 @@ def sync_mlflow(study, tracker: Tracker, parent_id: str, optimizer: str, params:
     one finished longer than grace_s ago. Other live workers' recent trials are left to them, and
     every trial not our own is claimed first, so no trial is logged twice. Returns how many."""
     tracker.flush()
-    logged, now, added = tracker.logged_trials(parent_id), time.time(), 0
+    logged, now, added = tracker.logged_trials(parent_id, optimizer), time.time(), 0
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.RUNNING or t.number in logged:
             continue

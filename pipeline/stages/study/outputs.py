@@ -95,6 +95,7 @@ def log_study_summary(tracker: Tracker, parent_id: str, study: optuna.Study, opt
     tags = {"best_trial": best.number, **{f"best_{h}": v for h, v in best.user_attrs["result"]["hyperparams"].items()}}
     if outcome["warnings"]:
         tags["warnings"] = " | ".join(outcome["warnings"])
+    tags["mlflow.note.content"] = _note(tracker, study, optimizer, outcome, params)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the matplotlib backends are marked experimental
         plots = {"optimization_history": lambda: vis.matplotlib.plot_optimization_history(study),
@@ -108,4 +109,19 @@ def log_study_summary(tracker: Tracker, parent_id: str, study: optuna.Study, opt
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             fig.savefig(Path(tmp) / f"{name}.png", dpi=100, bbox_inches="tight")
             plt.close(fig)
-        tracker.finish_study(parent_id, metrics, tags, tmp)
+        tracker.finish_study(parent_id, metrics, tags, tmp, name=search.run_name(optimizer, params))
+
+
+def _note(tracker: Tracker, study, optimizer: str, outcome: dict, params: Params) -> str:
+    """The study's description on its MLflow run (Markdown): what it searched, its best trial,
+    and where its trial runs are."""
+    m, best = outcome["metrics"], outcome["best"]
+    summary_id, trials_id = tracker.experiment_ids(optimizer)
+    identity = search.identity(optimizer, params)
+    hyper = ", ".join(f"{h} {v:.4g}" for h, v in best.user_attrs["result"]["hyperparams"].items())
+    return (f"**{optimizer}**: Optuna study `{study.study_name}` (TPE, seed {params.study.seed}), "
+            f"{m['trials']} trials ({m['diverged']} diverged) over "
+            f"{', '.join(f'{h} {r}' for h, r in identity['search_space'].items())}; {identity['protocol']}; "
+            f"objective {identity['objective']}.\n\n"
+            f"Best: trial {best.number}, {params.study.objective} {best.value:.6f} with {hyper}.\n\n"
+            f"Trial runs: [{optimizer} trials](#/experiments/{trials_id}?workflowType=machine_learning).")

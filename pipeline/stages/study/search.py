@@ -39,6 +39,24 @@ def study_name(optimizer: str, params: Params, dataset: Dataset) -> str:
     return f"{optimizer}-{digest[:16]}"
 
 
+def identity(optimizer: str, params: Params) -> dict:
+    """What the study is, as Optuna user attributes a person reads in optuna-dashboard."""
+    t, names = params.train, optimizers.get(optimizer).hyperparams
+    return {"optimizer": optimizer,
+            "search_space": {h: f"{params.study.search_space[h].low:g}..{params.study.search_space[h].high:g} "
+                                f"({params.study.search_space[h].scale})" for h in names},
+            "protocol": f"batch {t.batch_size}, {t.epochs} epochs, init {t.init} (std {t.init_std:g}), loss recorded "
+                        f"every {t.record_every} examples",
+            "objective": f"{params.study.objective}, mean over seeds 0..{params.study.seeds_per_trial - 1}"}
+
+
+def run_name(optimizer: str, params: Params) -> str:
+    """The study's MLflow run as a person reads it, e.g. `rmsprop · 100 trials · lr 1e-4..1, gamma 0.5..0.999`."""
+    ranges = ", ".join(f"{h} {params.study.search_space[h].low:g}..{params.study.search_space[h].high:g}"
+                       for h in optimizers.get(optimizer).hyperparams)
+    return f"{optimizer} · {params.study.n_trials} trials · {ranges}"
+
+
 # --- the search space on Optuna's side ------------------------------------------------------
 
 def sampler(seed: int, trial_number: int):

@@ -83,11 +83,12 @@ def study_dir(optimizer: str, root: Path = STUDIES_DIR) -> Path:
 
 
 def open_storage(url: str, optimizer: str, study: StudyParams, root: Path = STUDIES_DIR):
-    """The journal file studies/<optimizer>/optuna.journal (url "journal"), or an Optuna RDB
+    """The journal file studies/optuna.journal (url "journal"; one file holds every study, so one
+    `optuna-dashboard studies/optuna.journal` shows them all), or an Optuna RDB
     storage, connected and checked before any work. Errors name the URL with its password masked."""
     heartbeat_s, grace_s = study.heartbeat_s, study.grace_s
     if url == JOURNAL:
-        path = (study_dir(optimizer, root) / "optuna.journal").resolve()
+        path = (Path(root) / "optuna.journal").resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         backend = optuna.storages.journal.JournalFileBackend(str(path), lock_obj=FlockLock(path.with_suffix(".lock")))
         return optuna.storages.JournalStorage(backend)

@@ -119,7 +119,7 @@ class Session(NamedTuple):
     parent_id: str
 
 
-def _parent_run(study: optuna.Study, created: bool, tracker: Tracker, tags: dict, wait_s: float) -> str:
+def _parent_run(study: optuna.Study, created: bool, tracker: Tracker, tags: dict, wait_s: float, run_name: str) -> str:
     """The study's one MLflow parent run. Optuna refuses a second study of the same name, so the
     worker whose create_study succeeded creates the run and stores its id in the study; a worker
     that arrives meanwhile waits for it. A resumed study reuses it (or finds it by name in this
@@ -139,7 +139,7 @@ def _parent_run(study: optuna.Study, created: bool, tracker: Tracker, tags: dict
                 break
             time.sleep(0.2)
     # A new study gets a new parent run, even if an old one (a deleted storage) has its name.
-    run_id = tracker.create_study_run(study.study_name, tags)
+    run_id = tracker.create_study_run(study.study_name, run_name, tags)
     study.set_user_attr(PARENT_ATTR, run_id)
     return run_id
 
@@ -151,8 +151,15 @@ def start(optimizer: str, params: Params, dataset: Dataset, store, tracker: Trac
         study, created = optuna.create_study(study_name=name, storage=store, direction="minimize"), True
     except optuna.exceptions.DuplicatedStudyError:
         study, created = optuna.load_study(study_name=name, storage=store), False
+    if created:  # what optuna-dashboard shows: the objective's name and what the study is
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([params.study.objective])
+        for key, value in search.identity(optimizer, params).items():
+            study.set_user_attr(key, value)
     parent_id = _parent_run(study, created, tracker, {**tags, "optimizer": optimizer,
-                                                      "params_digest": name.rsplit("-", 1)[1]}, params.study.grace_s)
+                                                      "params_digest": name.rsplit("-", 1)[1]}, params.study.grace_s,
+                            search.run_name(optimizer, params))
     failed = storage.fail_abandoned(study, store, params.study.grace_s)
     if failed:
         log.info("%s: %d trial(s) left running by a dead worker marked failed", name, failed)
