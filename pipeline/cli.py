@@ -149,6 +149,23 @@ def cmd_report(args, params: config.Params) -> None:
     print(f"wrote {paths.REPORTS}/report.html, report.pdf and {len(captions)} figures; logged to MLflow")
 
 
+def cmd_ui(args, params: config.Params) -> None:
+    """MLflow's UI on this pipeline's runs: the summary experiment's training-runs view."""
+    import subprocess
+
+    from mlflow import MlflowClient
+
+    uri = _tracking_uri()
+    found = MlflowClient(uri).get_experiment_by_name(params.mlflow.experiment)
+    if found is None:
+        raise PipelineError(f"no MLflow experiment {params.mlflow.experiment!r} in {config.mask_url(uri)}: "
+                            f"run `dvc repro` first")
+    print(f"open http://{args.host}:{args.port}/#/experiments/{found.experiment_id}?workflowType=machine_learning",
+          flush=True)
+    if not args.print_url:
+        subprocess.run(["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)])
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -228,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="render reports/report.html and report.pdf from the evaluation",
                        description="Render the report (HTML with embedded figures, and PDF) and log it to MLflow.")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ui", help="MLflow's UI, opened on this pipeline's studies",
+                       description="Print the URL of the studies' runs (the training-runs view of mlflow.experiment) "
+                       "and start `mlflow ui` on the tracking store (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db).")
+    p.add_argument("--host", default="127.0.0.1", help="default: %(default)s (loopback only)")
+    p.add_argument("--port", type=_positive_int, default=5000, help="default: %(default)s")
+    p.add_argument("--print-url", action="store_true", help="print the URL and exit")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("quadratic", help="the book's 2-D demo on f = 0.1 x1^2 + 2 x2^2",
                        description="Run an optimizer from (-5, -2) on f = 0.1 x1^2 + 2 x2^2 and print the book's line.")

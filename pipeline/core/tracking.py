@@ -160,12 +160,13 @@ class Tracker:
         """trial number -> its child runs' statuses."""
         return {int(k): v for k, v in self._call("logged_trials", parent_id=parent_id, optimizer=optimizer).items()}
 
-    def log_run(self, name: str, tags: dict, params: dict, metrics: dict, curves: dict) -> None:
-        """A run of its own (no parent): scalar metrics, and curves as {name: (steps, values)}."""
+    def log_run(self, group: str, name: str, tags: dict, params: dict, metrics: dict, curves: dict) -> None:
+        """A run in the experiment `<experiment> · <group>`: scalar metrics, and curves as
+        {name: (steps, values)}."""
         points = [[k, float(v), now_ms(), 0] for k, v in metrics.items()]
         points += [[k, float(v), now_ms(), int(s)] for k, (steps, values) in curves.items() for s, v in zip(steps, values)]
         self._call("run", name=name, tags={k: str(v) for k, v in tags.items()},
-                   params={k: str(v) for k, v in params.items()}, metrics=points)
+                   params={k: str(v) for k, v in params.items()}, metrics=points, group=group)
 
     # --- the report -------------------------------------------------------------------------
 

@@ -73,8 +73,9 @@ class _Mlflow:
                               params=[self.Param(k, v) for k, v in params.items()])
         self.client.set_terminated(run.info.run_id, status=status, end_time=end_ms)
 
-    def run(self, name, tags, params, metrics):
-        run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+    def run(self, name, tags, params, metrics, group):
+        experiment_id = self._experiment(f"{self.experiment} · {group}")
+        run_id = self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
         self.client.log_batch(run_id, metrics=[self.Metric(*m) for m in metrics],
                               params=[self.Param(k, v) for k, v in params.items()])
         self.client.set_terminated(run_id, status="FINISHED")

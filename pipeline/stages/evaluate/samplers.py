@@ -78,7 +78,7 @@ def log_runs(tracker, optimizer: str, rows: list, summary: dict, params: Params)
     for name, s in summary.items():
         curve = [np.median([r["regret"] for r in rows if r["sampler"] == name and r["trials"] == t])
                  for t in range(1, params.study.n_trials + 1)]
-        tracker.log_run(f"{optimizer} · {name} sampler", tags={"run_type": "sampler_comparison", "optimizer": optimizer,
+        tracker.log_run("samplers", f"{optimizer} · {name} sampler", tags={"run_type": "sampler_comparison", "optimizer": optimizer,
                                                               "sampler": name},
                         params={"repeats": s["repeats"], "n_trials": params.study.n_trials,
                                 "seeds_per_trial": params.study.seeds_per_trial},

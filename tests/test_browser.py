@@ -1,0 +1,152 @@
+"""The MLflow UI, optuna-dashboard and the HTML report as a person meets them, in Debian's
+Chromium driven by Playwright, over a real `dvc repro` with tiny budgets. Screenshots go to
+tests/artifacts/ (ignored by git) for a person to look at after a run."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, run_env
+
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                                reason="no chromium here (apt-get install chromium); CI installs it")
+OPTIMIZERS = ["sgd", "adagrad", "rmsprop"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A real pipeline run with tiny budgets, in a fresh copy of the project."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    dest = tmp_path_factory.mktemp("browser") / "project"
+    for name in files:
+        if (ROOT / name).is_file() and not name.startswith("tests/"):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dest, check=True)
+    raw = yaml.safe_load((dest / "params.yaml").read_text())
+    raw["study"].update(n_trials=8, seeds_per_trial=2, optimizers=OPTIMIZERS)
+    raw["evaluate"].update(seeds=3, framework_seeds=1, lr_points=8, grid_points=6, cube_points=4, sampler_repeats=2)
+    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    done = subprocess.run(["dvc", "repro"], cwd=dest, env=run_env(CI="true"), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dest
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(cmd, cwd, url, timeout=120):
+    """Start a server and wait until `url` answers."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return proc
+        except OSError:
+            assert proc.poll() is None, f"{cmd[0]} exited with {proc.returncode}"
+            time.sleep(0.5)
+    proc.kill()
+    raise AssertionError(f"{url} did not answer in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, url, errors=None):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    if errors is not None:
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    return page
+
+
+def test_mlflow_ui_shows_every_study_on_the_first_screen_and_a_drawn_trial_chart(project, browser):
+    port = free_port()
+    printed = subprocess.run([sys.executable, "-m", "pipeline", "ui", "--port", str(port), "--print-url"], cwd=project,
+                             env=run_env(), capture_output=True, text=True, timeout=120)
+    assert printed.returncode == 0, printed.stderr
+    url = printed.stdout.strip().removeprefix("open ")  # the README's command prints the URL to open
+    server = serve([sys.executable, "-m", "pipeline", "ui", "--port", str(port)], project, f"http://127.0.0.1:{port}/")
+    try:
+        page = open_page(browser, url)
+        for o in OPTIMIZERS:  # every study, named with its budget, without "Load more"
+            page.get_by_text(f"{o} · 8 trials", exact=False).first.wait_for(timeout=60_000)
+        assert page.get_by_text("report · sgd, adagrad, rmsprop").count() == 1
+        assert page.get_by_text("Load more").count() == 0
+        page.screenshot(path=ARTIFACTS / "mlflow_studies.png", full_page=True)
+
+        from mlflow import MlflowClient
+        client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+        trials = client.get_experiment_by_name("airfoil-optimizers · rmsprop trials")
+        run = client.search_runs([trials.experiment_id], max_results=1)[0]
+        trial = open_page(browser, f"http://127.0.0.1:{port}/#/experiments/{trials.experiment_id}/runs/"
+                                   f"{run.info.run_id}/model-metrics?workflowType=machine_learning")
+        line = trial.locator("svg .scatterlayer path.js-line").first  # a drawn path, not a spinner
+        line.wait_for(timeout=60_000)
+        assert len(line.get_attribute("d") or "") > 20 and trial.get_by_text("loss", exact=True).count() >= 1
+        trial.screenshot(path=ARTIFACTS / "mlflow_trial.png")
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def test_optuna_dashboard_lists_every_study_and_draws_its_history(project, browser):
+    port = free_port()
+    server = serve(["optuna-dashboard", "studies/optuna.journal", "--host", "127.0.0.1", "--port", str(port)],
+                   project, f"http://127.0.0.1:{port}/api/studies")
+    try:
+        page = open_page(browser, f"http://127.0.0.1:{port}/dashboard")
+        names = {}
+        for o in OPTIMIZERS:
+            item = page.get_by_text(f"{o}-", exact=False).first
+            item.wait_for(timeout=60_000)
+            names[o] = item.inner_text()
+        page.screenshot(path=ARTIFACTS / "optuna_dashboard.png", full_page=True)
+        study = open_page(browser, f"http://127.0.0.1:{port}/dashboard/studies/2")
+        study.get_by_text("final_loss").first.wait_for(timeout=60_000)  # the objective, named
+        points = study.locator("svg .scatterlayer .point")
+        points.first.wait_for(timeout=60_000)
+        assert points.count() >= 8  # every trial of the history plot drawn
+        study.screenshot(path=ARTIFACTS / "optuna_history.png", full_page=True)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def test_html_report_from_disk_decodes_every_figure_without_console_errors(project, browser):
+    errors = []
+    page = open_page(browser, (project / "reports" / "report.html").as_uri(), errors)
+    page.wait_for_load_state("load")
+    images = page.locator("figure img")
+    figures = len(list((project / "reports" / "figures").glob("*.png")))
+    assert images.count() == figures >= 10
+    widths = page.evaluate("Array.from(document.querySelectorAll('figure img')).map(i => i.complete && i.naturalWidth)")
+    assert all(w and w > 100 for w in widths), widths
+    assert page.locator("#key-findings li").count() >= 3
+    assert errors == []
+    page.screenshot(path=ARTIFACTS / "report.png", full_page=True)
