@@ -1,4 +1,4 @@
-"""Optimizer benchmark: tune and compare SGD, Adagrad and RMSProp on the airfoil data (D2L ch. 11)."""
+"""Optimizer benchmark: tune and compare the optimizers of D2L chapter 11 on the airfoil data."""
 import os
 
 # Set before TensorFlow is imported anywhere. oneDNN's custom kernels may reorder float sums between
