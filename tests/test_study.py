@@ -300,3 +300,26 @@ def test_concurrent_workers_never_log_a_trial_twice(project_copy):
     assert numbers == list(range(40))  # every trial once: none missing, none twice
     claims = [k for k in client.get_run(parent.info.run_id).data.params if k.startswith("mirror.trial_")]
     assert len(claims) == 35  # the 35 logged again, each claimed by exactly one worker
+
+
+def test_trial_failed_as_stale_just_before_its_tell_is_left_to_the_other_worker(params, dataset, tmp_path):
+    """A hung worker wakes between recording its result and telling Optuna, after another worker
+    failed the trial by heartbeat: Optuna's tell raises ValueError, and the worker goes on."""
+    p = with_study(params, n_trials=3, seeds_per_trial=1)
+    store = storage_mod.open_storage(f"sqlite:///{tmp_path}/s.db", "sgd", p.study)
+    with tracking.Tracker(f"sqlite:///{tmp_path}/mlflow.db", "test") as tracker:
+        session = study.start("sgd", p, dataset, store, tracker, {})
+        real_tell, victim = session.study.tell, []
+
+        def fail_then_tell(trial, *args, **kwargs):  # the other worker's stale check lands just before
+            if not victim and kwargs.get("state") is None:
+                victim.append(trial.number)
+                store.set_trial_state_values(storage_mod.trial_id(store, session.study, trial.number), TrialState.FAIL)
+            return real_tell(trial, *args, **kwargs)
+
+        session.study.tell = fail_then_tell
+        runner = study.TrialRunner("sgd", p, dataset, store, tracker, session.parent_id)
+        timings = study.run_trials(session, runner, 3, p.study.grace_s)
+    trials = session.study.get_trials()
+    assert trials[victim[0]].state == TrialState.FAIL  # the other worker's verdict stands
+    assert sum(study.is_counted(t) for t in trials) == 3 and len(timings) == 3  # and this worker went on

@@ -49,6 +49,10 @@ def _ask(study: optuna.Study) -> optuna.Trial:
         return study.ask()
 
 
+def _finished_elsewhere(study: optuna.Study, number: int) -> bool:
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number).state != TrialState.RUNNING
+
+
 class TrialRunner:
     """One trial: sample, train the seeds in one engine call, tell Optuna, queue the MLflow run."""
 
@@ -65,12 +69,15 @@ class TrialRunner:
                 trial.set_user_attr("worker", storage.WORKER)  # so a dead worker's trial is recognized
             with storage.heartbeat(self.store, study, trial.number):
                 frozen = self._run(study, trial, clock, start)
-        except optuna.exceptions.UpdateFinishedTrialError:
+        except BaseException as e:
             # We stopped beating for longer than grace_s (a hung or suspended process) and another
             # worker failed the trial as abandoned; it logs the trial, we go on with the next.
-            log.warning("trial %d was failed as abandoned while this worker was unresponsive", trial.number)
-            return None
-        except BaseException as e:
+            # Optuna says so with UpdateFinishedTrialError when we write an attribute, and with
+            # ValueError ("Cannot tell a FAIL trial") when it happens between that and our tell.
+            taken_over = (optuna.exceptions.UpdateFinishedTrialError, ValueError)
+            if trial is not None and isinstance(e, taken_over) and _finished_elsewhere(study, trial.number):
+                log.warning("trial %d was failed as abandoned while this worker was unresponsive", trial.number)
+                return None
             if trial is not None:
                 interrupted = isinstance(e, KeyboardInterrupt)
                 self._fail(study, trial, Failure.INTERRUPTED if interrupted else Failure.ERROR,
