@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a helper started by --workers
     p.set_defaults(func=cmd_study)
 
-    p = sub.add_parser("evaluate", help="re-run the winners over many seeds; book, Keras, landscape, 2-D",
+    p = sub.add_parser("evaluate", help="re-run the winners; compare them; landscape, samplers, 2-D",
                        description="Read studies/*/best.json and trials.csv, write reports/evaluation/.")
     p.set_defaults(func=cmd_evaluate)
 

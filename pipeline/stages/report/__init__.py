@@ -108,7 +108,8 @@ def _version(name: str) -> str:
 
 REPRODUCE = ["make repro            # set up .venv and run dvc repro (download ... report)",
              "dvc params diff; dvc metrics show; dvc plots show",
-             "mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1"]
+             "python -m pipeline ui         # MLflow, opened on the studies' runs",
+             "optuna-dashboard studies/optuna.journal"]
 
 
 # --- the stage ------------------------------------------------------------------------------
