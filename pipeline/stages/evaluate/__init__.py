@@ -74,6 +74,7 @@ def evaluate(dataset: Dataset, params: Params, studies_dir: Path, out_dir: Path 
     for name in params.study.optimizers:
         opt = optimizers.get(name)
         best, trials = read_study(name, studies_dir)
+        # An optimizer no framework ships (no `defaults` in the registry) meets its book setting there.
         settings = {"tuned": best["hyperparams"], "book": params.book[name], "defaults": opt.defaults or opt.book}
         points, grid_hyper, grid_seeds = landscape.landscape_grid(name, params)
         *trained, grid_runs = engine.train_groups(

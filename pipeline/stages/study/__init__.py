@@ -2,7 +2,8 @@
 
 Read in this order:
   trials.py   a trial's life, from ask to tell to its MLflow run, and the loop over the budget
-  search.py   what a trial computes: search space, sampler, objective, and the study's name
+  search.py   what a trial computes: sampler, objective, and the study's name
+  labels.py   how a study is shown to people: MLflow run name, Optuna user attributes
   storage.py  the Optuna storage (journal file or RDB) and trials whose worker is gone
   mirror.py   trials into MLflow, each logged once
   outputs.py  trials.csv, best.json, metrics.json, timings.csv, and the study's MLflow summary

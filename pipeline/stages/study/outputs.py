@@ -16,7 +16,7 @@ from pipeline.core import fileio, optimizers, space
 from pipeline.core.config import Params
 from pipeline.core.errors import PipelineError
 from pipeline.core.tracking import Tracker
-from pipeline.stages.study import search, storage
+from pipeline.stages.study import labels, search, storage
 from pipeline.stages.study.trials import is_counted
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def log_study_summary(tracker: Tracker, parent_id: str, study: optuna.Study, opt
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             fig.savefig(Path(tmp) / f"{name}.png", dpi=100, bbox_inches="tight")
             plt.close(fig)
-        tracker.finish_study(parent_id, metrics, tags, tmp, name=search.run_name(optimizer, params))
+        tracker.finish_study(parent_id, metrics, tags, tmp, name=labels.run_name(optimizer, params))
 
 
 def _note(tracker: Tracker, study, optimizer: str, outcome: dict, params: Params) -> str:
@@ -117,7 +117,7 @@ def _note(tracker: Tracker, study, optimizer: str, outcome: dict, params: Params
     and where its trial runs are."""
     m, best = outcome["metrics"], outcome["best"]
     summary_id, trials_id = tracker.experiment_ids(optimizer)
-    identity = search.identity(optimizer, params)
+    identity = labels.identity(optimizer, params)
     hyper = ", ".join(f"{h} {v:.4g}" for h, v in best.user_attrs["result"]["hyperparams"].items())
     return (f"**{optimizer}**: Optuna study `{study.study_name}` (TPE, seed {params.study.seed}), "
             f"{m['trials']} trials ({m['diverged']} diverged) over "

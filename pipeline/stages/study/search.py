@@ -1,7 +1,9 @@
-"""What a trial computes: the search space on Optuna's side, the objective, and the study's identity.
+"""What a trial computes: the sampler, the objective, and the study's name (the search space on
+Optuna's side is core/space.py).
 
 Everything here changes a trial's result, so this file's code is part of the study's name
-(with the engine and the optimizers): a change here starts a new study instead of mixing results.
+(with the space, the engine and the optimizers): a change here starts a new study instead of
+mixing results. How studies are labelled for people lives in labels.py, outside that digest.
 """
 import dataclasses
 import hashlib
@@ -39,25 +41,7 @@ def study_name(optimizer: str, params: Params, dataset: Dataset) -> str:
     return f"{optimizer}-{digest[:16]}"
 
 
-def identity(optimizer: str, params: Params) -> dict:
-    """What the study is, as Optuna user attributes a person reads in optuna-dashboard."""
-    t, names = params.train, optimizers.get(optimizer).hyperparams
-    return {"optimizer": optimizer,
-            "search_space": {h: f"{params.study.search_space[h].low:g}..{params.study.search_space[h].high:g} "
-                                f"({params.study.search_space[h].scale})" for h in names},
-            "protocol": f"batch {t.batch_size}, {t.epochs} epochs, init {t.init} (std {t.init_std:g}), loss recorded "
-                        f"every {t.record_every} examples",
-            "objective": f"{params.study.objective}, mean over seeds 0..{params.study.seeds_per_trial - 1}"}
-
-
-def run_name(optimizer: str, params: Params) -> str:
-    """The study's MLflow run as a person reads it, e.g. `rmsprop · 100 trials · lr 1e-4..1, gamma 0.5..0.999`."""
-    ranges = ", ".join(f"{h} {params.study.search_space[h].low:g}..{params.study.search_space[h].high:g}"
-                       for h in optimizers.get(optimizer).hyperparams)
-    return f"{optimizer} · {params.study.n_trials} trials · {ranges}"
-
-
-# --- the search space on Optuna's side ------------------------------------------------------
+# --- the sampler and the edges of the space ---------------------------------------------------
 
 def sampler(seed: int, trial_number: int):
     """TPE seeded per trial number: reproducible, and workers sharing a study never draw the same

@@ -30,7 +30,7 @@ from pipeline.core.config import Params
 from pipeline.core.data import Dataset
 from pipeline.core.interrupts import interrupts_deferred
 from pipeline.core.tracking import Tracker
-from pipeline.stages.study import mirror, search, storage, workers
+from pipeline.stages.study import labels, mirror, search, storage, workers
 from pipeline.stages.study.storage import Failure
 
 log = logging.getLogger(__name__)
@@ -162,11 +162,11 @@ def start(optimizer: str, params: Params, dataset: Dataset, store, tracker: Trac
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([params.study.objective])
-        for key, value in search.identity(optimizer, params).items():
+        for key, value in labels.identity(optimizer, params).items():
             study.set_user_attr(key, value)
     parent_id = _parent_run(study, created, tracker, {**tags, "optimizer": optimizer,
                                                       "params_digest": name.rsplit("-", 1)[1]}, params.study.grace_s,
-                            search.run_name(optimizer, params))
+                            labels.run_name(optimizer, params))
     failed = storage.fail_abandoned(study, store, params.study.grace_s)
     if failed:
         log.info("%s: %d trial(s) left running by a dead worker marked failed", name, failed)
