@@ -26,6 +26,7 @@ from pipeline.core.config import StudyParams, mask_url
 from pipeline.core.errors import PipelineError
 from pipeline.core.interrupts import interrupts_deferred
 from pipeline.core.paths import STUDIES_DIR
+from pipeline.stages.study import journal
 
 log = logging.getLogger(__name__)
 JOURNAL = "journal"  # params value for the embedded default storage
@@ -90,8 +91,7 @@ def open_storage(url: str, optimizer: str, study: StudyParams, root: Path = STUD
     if url == JOURNAL:
         path = (Path(root) / "optuna.journal").resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(str(path), lock_obj=FlockLock(path.with_suffix(".lock")))
-        return optuna.storages.JournalStorage(backend)
+        return optuna.storages.JournalStorage(journal.Journal(path, FlockLock(path.with_suffix(".lock"))))
     engine_kwargs = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
         # A worker that hangs inside a transaction would hold its trial's row lock, and the worker

@@ -1,0 +1,154 @@
+"""Faults below the process, produced for real: a torn journal, a corrupt record, a full disk.
+Each test runs the real `python -m pipeline study` command and reads the journal with Optuna."""
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from pipeline.core import config
+from pipeline.stages.study import storage as storage_mod
+from pipeline.stages.study import trials as study
+from conftest import assert_one_line_error, cli, prepared_project, read_csv
+
+JOURNAL = Path("studies/optuna.journal")
+
+
+def make_project(tmp_path, raw_file, n_trials):
+    def edit(raw):
+        raw["study"].update(n_trials=n_trials, seeds_per_trial=2)
+    return prepared_project(tmp_path / "project", raw_file, edit)
+
+
+def set_trials(root, n_trials):
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["study"]["n_trials"] = n_trials
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def counted(root, optimizer) -> dict:
+    """trial number -> value of every counted trial of the optimizer's study, read by Optuna."""
+    store = storage_mod.open_storage("journal", optimizer, config.load_params(root / "params.yaml").study,
+                                     root / "studies")
+    names = [s.study_name for s in optuna.get_all_study_summaries(store) if s.study_name.startswith(f"{optimizer}-")]
+    if not names:
+        return {}
+    return {t.number: t.value for t in optuna.load_study(study_name=names[0], storage=store).get_trials()
+            if study.is_counted(t)}
+
+
+def assert_stops_with(result, *fragments):
+    """A stage that got going logs its progress; it stops with one error line and no traceback."""
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and all(f in last for f in fragments), last
+
+
+def every_line_parses(path: Path) -> bool:
+    data = path.read_bytes()
+    return data.endswith(b"\n") and all(json.loads(line) is not None for line in data.splitlines())
+
+
+def test_a_torn_last_record_is_cut_back_once_and_every_study_survives(raw_file, tmp_path):
+    root = make_project(tmp_path, raw_file, n_trials=4)
+    for optimizer in ("sgd", "adagrad"):
+        assert cli("study", optimizer, cwd=root, CI="true").returncode == 0
+    sgd_before, adagrad_before = counted(root, "sgd"), counted(root, "adagrad")
+    journal = root / JOURNAL
+    whole = journal.read_bytes()
+    last = whole[:-1].rsplit(b"\n", 1)[1]
+    torn = last[: len(last) // 2]  # a write cut in the middle: half a record, no newline
+    journal.write_bytes(whole + torn)
+
+    set_trials(root, 6)
+    first = cli("study", "sgd", cwd=root, CI="true")
+    assert first.returncode == 0, first.stderr
+    warnings = [line for line in first.stderr.splitlines() if "torn record" in line]
+    assert len(warnings) == 1 and f"{len(torn)} bytes" in warnings[0], first.stderr
+    kept = list(journal.parent.glob("optuna.journal.torn-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == torn
+    assert every_line_parses(journal)
+    second = cli("study", "adagrad", cwd=root, CI="true")  # the repair happened once
+    assert second.returncode == 0 and "torn record" not in second.stderr, second.stderr
+
+    sgd_after, adagrad_after = counted(root, "sgd"), counted(root, "adagrad")
+    assert len(sgd_after) == 6 and all(sgd_after[n] == v for n, v in sgd_before.items())
+    assert len(adagrad_after) == 6 and all(adagrad_after[n] == v for n, v in adagrad_before.items())
+
+
+def test_a_corrupt_middle_record_is_refused_in_one_line_and_the_file_is_unchanged(raw_file, tmp_path):
+    root = make_project(tmp_path, raw_file, n_trials=3)
+    assert cli("study", "sgd", cwd=root, CI="true").returncode == 0
+    journal = root / JOURNAL
+    lines = journal.read_bytes().splitlines(keepends=True)
+    lines[4] = b'{"op_code": 5, "worker_id": "x", "trial_id": 0, "user_attr": {"a": \n'  # not JSON
+    journal.write_bytes(b"".join(lines))
+    before = hashlib.sha256(journal.read_bytes()).hexdigest()
+
+    set_trials(root, 5)
+    result = cli("study", "sgd", cwd=root, CI="true")
+    assert_one_line_error(result, str(journal.resolve()), "record 5 is corrupt", "head -n 4", "optuna studies")
+    assert hashlib.sha256(journal.read_bytes()).hexdigest() == before
+    assert not list(journal.parent.glob("optuna.journal.torn-*"))
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def small_studies_disk(raw_file, tmp_path):
+    """A project whose studies/ lives on a tmpfs of 48 KiB: the journal fills it mid-study."""
+    root = make_project(tmp_path, raw_file, n_trials=60)
+    mount = root / "studies"
+    if not _mount_tmpfs(mount, "48k"):
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    yield root
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_the_study_in_one_line_and_the_rerun_does_only_the_missing_trials(small_studies_disk):
+    root = small_studies_disk
+    result = cli("study", "sgd", cwd=root, CI="true")
+    assert_stops_with(result, "ENOSPC", str((root / JOURNAL).resolve()), "free space and rerun")
+    assert every_line_parses(root / JOURNAL)  # no half-written record
+    assert not (root / "studies/sgd/trials.csv").exists()
+    before = counted(root, "sgd")
+    assert 0 < len(before) < 60
+
+    subprocess.run(["mount", "-o", "remount,size=16m", str(root / "studies")], check=True)  # space freed
+    rerun = cli("study", "sgd", cwd=root, CI="true")
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(before)} of 60 trials already done" in rerun.stderr
+    after = counted(root, "sgd")
+    assert len(after) == 60 and all(after[n] == v for n, v in before.items())  # nothing lost or redone
+    assert len(read_csv(root / "studies/sgd/trials.csv")) == 60
+
+
+def test_an_output_that_cannot_be_written_leaves_the_old_file_and_says_why(raw_file, tmp_path):
+    """The outputs are atomic: a full disk while writing trials.csv keeps the previous one whole."""
+    root = make_project(tmp_path, raw_file, n_trials=3)
+    assert cli("study", "sgd", cwd=root, CI="true").returncode == 0
+    out_dir = root / "studies/sgd"
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    moved = tmp_path / "outputs"
+    out_dir.rename(moved)
+    if not _mount_tmpfs(out_dir, "256k"):
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    try:
+        for name, content in before.items():
+            (out_dir / name).write_bytes(content)
+        subprocess.run(["dd", "if=/dev/zero", f"of={out_dir / '.filler'}", "bs=4k"], capture_output=True)  # disk full
+        set_trials(root, 40)
+        result = cli("study", "sgd", cwd=root, CI="true")
+        assert_stops_with(result, "ENOSPC", "studies/sgd/", "is unchanged")
+        after = {p.name: p.read_bytes() for p in out_dir.iterdir() if p.name != ".filler"}
+        assert after == before  # the old outputs whole, and no temporary file left
+        assert len(counted(root, "sgd")) == 40  # the trials themselves are kept in the journal
+    finally:
+        subprocess.run(["umount", "-l", str(out_dir)], check=False)
