@@ -32,8 +32,9 @@ def cmd_prepare(args, params: config.Params) -> None:
     print(f"prepared {stats['rows']} of {stats['rows_in_file']} rows; least-squares floor {floor:.6f}")
 
 
-def _hyper(args, defaults: dict) -> dict:
-    """Hyperparameters from the flags, falling back to `defaults` (optimizer -> setting)."""
+def _hyper(args, defaults: dict, registry_setting: str) -> dict:
+    """Hyperparameters from the flags, falling back to `defaults` (optimizer -> setting, from
+    params.yaml), then to the registry's `registry_setting` ("book" or "quadratic")."""
     from pipeline.core import optimizers
 
     opt = optimizers.get(args.optimizer)
@@ -41,7 +42,7 @@ def _hyper(args, defaults: dict) -> dict:
     if foreign:
         raise PipelineError(f"--{foreign[0]} does not apply to {args.optimizer}: its hyperparameters are "
                             f"{', '.join('--' + h for h in opt.hyperparams)}")
-    setting = defaults.get(args.optimizer) or opt.book
+    setting = defaults.get(args.optimizer) or getattr(opt, registry_setting)
     return {h: setting[h] if getattr(args, h) is None else getattr(args, h) for h in opt.hyperparams}
 
 
@@ -55,7 +56,7 @@ def cmd_train(args, params: config.Params) -> None:
         **{k: v for k, v in (("batch_size", args.batch_size), ("epochs", args.epochs), ("init", args.init)) if v is not None},
     )
     config.validate_train(protocol)
-    hyper = _hyper(args, params.book)
+    hyper = _hyper(args, params.book, "book")
     result = engine.train(data.load_prepared(), args.optimizer, hyper, [args.seed], protocol)
     diverged = bool(result.diverged[0])
     if args.json:
@@ -78,7 +79,7 @@ def cmd_train(args, params: config.Params) -> None:
 def cmd_quadratic(args, params: config.Params) -> None:
     from pipeline.core import quadratic
 
-    path = quadratic.trace(args.optimizer, _hyper(args, params.evaluate.quadratic), args.steps)
+    path = quadratic.trace(args.optimizer, _hyper(args, params.evaluate.quadratic, "quadratic"), args.steps)
     print(quadratic.book_line(path))
     if args.trace:
         from pipeline.core import fileio
@@ -155,7 +156,12 @@ def cmd_ui(args, params: config.Params) -> None:
 
     from mlflow import MlflowClient
 
+    from pipeline.core import tracking
+
     uri = _tracking_uri()
+    local = tracking.local_store(uri)
+    if local is not None and not local.exists():  # MLflow's client would create an empty store
+        raise PipelineError(f"no MLflow store at {local}: run `dvc repro` first (or set MLFLOW_TRACKING_URI)")
     found = MlflowClient(uri).get_experiment_by_name(params.mlflow.experiment)
     if found is None:
         raise PipelineError(f"no MLflow experiment {params.mlflow.experiment!r} in {config.mask_url(uri)}: "
@@ -163,7 +169,9 @@ def cmd_ui(args, params: config.Params) -> None:
     print(f"open http://{args.host}:{args.port}/#/experiments/{found.experiment_id}?workflowType=machine_learning",
           flush=True)
     if not args.print_url:
-        subprocess.run(["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)])
+        # The store goes through the environment: a password in it stays off the process list.
+        subprocess.run([sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(args.port)],
+                       env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri})
 
 
 def _positive_int(text: str) -> int:
@@ -267,8 +275,8 @@ def _stop_on_sigterm(signum, frame):
     raise KeyboardInterrupt  # a polite kill (DVC, a scheduler) stops as cleanly as Ctrl-C
 
 
-def main(argv=None) -> int:
-    import logging
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGINT both raise KeyboardInterrupt (deferred where a step must not be cut)."""
     import signal
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
@@ -276,6 +284,12 @@ def main(argv=None) -> int:
     # never raises KeyboardInterrupt: `study ... &` in a script, or a CI runner, could not be
     # interrupted cleanly, nor could the helpers of --workers, which their coordinator stops with it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def main(argv=None) -> int:
+    import logging
+
+    install_signal_handlers()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter

@@ -127,6 +127,20 @@ def test_quadratic_command_prints_line_and_saves_trace(prepared_project, tmp_pat
     assert trace.shape == (21, 4) and trace[-1, 1] == pytest.approx(-0.010599, abs=1e-6)
 
 
+def test_quadratic_falls_back_to_the_registrys_2d_setting_not_its_book_setting(prepared_project):
+    """An optimizer params.yaml does not list under evaluate.quadratic (momentum's book lr is 0.005,
+    its 2-D demo's 0.4): the demo runs with the registry's 2-D setting."""
+    import yaml
+
+    raw = yaml.safe_load((prepared_project / "params.yaml").read_text())
+    del raw["evaluate"]["quadratic"]["momentum"]
+    (prepared_project / "unlisted.yaml").write_text(yaml.safe_dump(raw))
+    fallback = _cli("--params", "unlisted.yaml", "quadratic", "--optimizer", "momentum", cwd=prepared_project)
+    explicit = _cli("quadratic", "--optimizer", "momentum", "--lr", "0.4", "--beta", "0.5", cwd=prepared_project)
+    book = _cli("quadratic", "--optimizer", "momentum", "--lr", "0.005", "--beta", "0.9", cwd=prepared_project)
+    assert fallback.returncode == 0 and fallback.stdout == explicit.stdout != book.stdout
+
+
 def test_a_schedule_of_over_a_million_steps_compiles_and_trains(dataset, params):
     """Buffer shapes must not depend on the schedule's values: XLA stops folding those into
     compile-time constants at about a million steps (it failed at 700 epochs of batch 1)."""

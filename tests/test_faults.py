@@ -152,3 +152,88 @@ def test_an_output_that_cannot_be_written_leaves_the_old_file_and_says_why(raw_f
         assert len(counted(root, "sgd")) == 40  # the trials themselves are kept in the journal
     finally:
         subprocess.run(["umount", "-l", str(out_dir)], check=False)
+
+
+# --- promises about every command ---------------------------------------------------------------
+
+FRESH_PROJECT_ERRORS = [  # command, what the one line names
+    (["prepare"], "data/raw/airfoil_self_noise.dat"),
+    (["train", "--optimizer", "sgd"], "dvc repro prepare"),
+    (["study", "sgd"], "dvc repro prepare"),
+    (["evaluate"], "dvc repro prepare"),
+    (["report"], "dvc repro prepare"),
+    (["ui", "--print-url"], "no MLflow store at mlflow.db"),
+]
+
+
+@pytest.mark.parametrize("args,named", FRESH_PROJECT_ERRORS, ids=[a[0] for a, _ in FRESH_PROJECT_ERRORS])
+def test_every_command_on_a_fresh_project_stops_in_one_line_and_writes_nothing(args, named, tmp_path):
+    root = tmp_path / "fresh"
+    root.mkdir()
+    (root / "params.yaml").write_bytes((Path(__file__).resolve().parents[1] / "params.yaml").read_bytes())
+    result = cli(*args, cwd=root, MLFLOW_TRACKING_URI="")
+    assert_one_line_error(result, named)
+    assert sorted(p.name for p in root.iterdir()) == ["params.yaml"]  # no mlflow.db, no journal, no outputs
+
+
+def test_ui_hands_the_store_to_mlflow_through_the_environment_not_the_command_line(postgres, tmp_path):
+    import os
+    import signal
+    import sys
+    import time
+
+    import psutil
+    from mlflow import MlflowClient
+    from servers import PASSWORD, free_port
+
+    uri = postgres.create_database("uistore")
+    MlflowClient(uri).create_experiment("airfoil-optimizers")
+    root = tmp_path / "ui"
+    root.mkdir()
+    (root / "params.yaml").write_bytes((Path(__file__).resolve().parents[1] / "params.yaml").read_bytes())
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "ui", "--port", str(port)], cwd=root,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": uri}, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        assert f"http://127.0.0.1:{port}/#/experiments/" in proc.stdout.readline()
+        deadline, serving = time.monotonic() + 120, []
+        while time.monotonic() < deadline and not serving:  # mlflow ui and the server it starts
+            tree = psutil.Process(proc.pid).children(recursive=True)
+            serving = [p for p in tree if "uvicorn" in " ".join(p.cmdline()) or "gunicorn" in " ".join(p.cmdline())]
+            time.sleep(0.2)
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        cmdlines = [Path(f"/proc/{p.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() for p in tree]
+        assert any("mlflow" in c and " ui" in c for c in cmdlines), cmdlines
+        assert serving, cmdlines  # the server got going with the store it was handed
+        assert not [c for c in cmdlines if PASSWORD in c]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_inside_a_deferred_block_waits_for_the_block_to_finish(signum):
+    """Sent deterministically inside the block: the block completes, then the interrupt is raised."""
+    import os
+    import signal
+
+    from pipeline import cli as command_line
+    from pipeline.core.interrupts import interrupts_deferred
+
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    command_line.install_signal_handlers()  # as `python -m pipeline` does
+    steps = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_deferred():
+                steps.append("started")
+                os.kill(os.getpid(), getattr(signal, signum))
+                for _ in range(1000):  # Python runs handlers between bytecodes: plenty of chances here
+                    steps.append("working") if len(steps) < 3 else None
+                steps.append("finished")
+            steps.append("after the block")  # never reached: the interrupt comes as the block ends
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+    assert steps == ["started", "working", "working", "finished"]

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -127,6 +128,14 @@ def check_mirrored(runs, s):
     return parents[0], status
 
 
+def helpers_of(proc) -> list:
+    """The helper workers a `study --workers N` process started: counted in its own tree only."""
+    try:
+        return [p for p in psutil.Process(proc.pid).children(recursive=True) if p.cmdline()[-1:] == ["--worker"]]
+    except psutil.Error:  # it (or a child) is exiting
+        return []
+
+
 def no_password_in_process_list() -> list:
     found = []
     for pid in os.listdir("/proc"):
@@ -152,8 +161,7 @@ def test_workers_share_one_study_on_postgres_and_a_tracking_server(postgres, mlf
     helpers_seen, leaks = 0, []
     while any(p.poll() is None for p in procs):
         leaks += no_password_in_process_list()
-        count = subprocess.run(["pgrep", "-fc", "study sgd --worker$"], capture_output=True, text=True).stdout
-        helpers_seen = max(helpers_seen, int(count.strip() or 0))
+        helpers_seen = max(helpers_seen, len(helpers_of(procs[-1])))
         time.sleep(0.5)
     assert wait_all(procs) == [0, 0, 0, 0], [(root / f).read_text()[-2000:] for f in ("rmsprop-0.log", "sgd.log")]
     assert leaks == []
@@ -259,11 +267,12 @@ def test_ctrl_c_stops_every_worker_cleanly_and_the_rerun_completes(raw_file, tmp
         return True if len(workers) == 2 else None
 
     wait_for(counted_by_two_workers)
+    tree = psutil.Process(coordinator.pid).children(recursive=True)  # its helper and both MLflow processes
+    assert len(helpers_of(coordinator)) == 1 and len(tree) >= 3, [p.cmdline() for p in tree]
     coordinator.send_signal(signal.SIGINT)  # to the coordinator only: it passes it on to its helper
     assert wait_all([coordinator], timeout=120) == [130]
-    time.sleep(1)
-    assert subprocess.run(["pgrep", "-f", "pipeline study sgd"], capture_output=True).returncode == 1  # none left
-    assert subprocess.run(["pgrep", "-f", "pipeline.core.tracking"], capture_output=True).returncode == 1
+    _, alive = psutil.wait_procs(tree, timeout=60)
+    assert alive == []  # none of its processes left behind
     s = load_study(root, "sgd", journal())
     before = {t.number: t.value for t in s.trials if study.is_counted(t)}
     assert all(t.state != TrialState.RUNNING for t in s.trials)  # told as failed, not left running

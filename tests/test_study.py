@@ -191,7 +191,8 @@ def test_killed_study_resumes_without_losing_or_repeating_trials(project_copy):
     assert all(r.info.status != "RUNNING" for r in children)
 
 
-def test_ctrl_c_stops_cleanly_and_resumes(project_copy):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_cleanly_and_resumes(signum, project_copy):
     root = _project(project_copy)
     cmd = [sys.executable, "-m", "pipeline", "study", "adagrad"]
     # Started as a shell without job control starts `study ... &`: with SIGINT ignored.
@@ -200,7 +201,7 @@ def test_ctrl_c_stops_cleanly_and_resumes(project_copy):
     deadline = time.time() + 120
     while time.time() < deadline and len(_counted(root, "adagrad")) < 10:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.strip().endswith("interrupted")
     done = len(_counted(root, "adagrad"))

@@ -31,6 +31,13 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT = "mlflow.parentRunId"
 
 
+def local_store(uri: str):
+    """The file of a SQLite tracking store (None for any other kind)."""
+    from pathlib import Path
+
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 

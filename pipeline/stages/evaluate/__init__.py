@@ -150,8 +150,11 @@ def run(params: Params, tracking_uri: str) -> dict:
     """The stage as `python -m pipeline evaluate` runs it: MLflow's process starts beside it."""
     from pipeline.core import data, paths, tracking
 
+    dataset = data.load_prepared()  # inputs first: bad input opens (and creates) no MLflow store
+    for name in params.study.optimizers:
+        read_study(name, paths.STUDIES_DIR)
     with tracking.Tracker(tracking_uri, params.mlflow.experiment) as tracker:
-        return evaluate(data.load_prepared(), params, paths.STUDIES_DIR, tracker=tracker)
+        return evaluate(dataset, params, paths.STUDIES_DIR, tracker=tracker)
 
 
 def _keras_runs(dataset, name, hyper, seeds, tuned, params, floor, curves: list):

@@ -120,8 +120,9 @@ def run(params: Params, tracking_uri: str, commit: str) -> dict:
 
     from pipeline.core import data, paths, tracking
 
+    # Inputs first: bad input opens (and creates) no MLflow store.
+    inputs = Inputs(params, paths.EVAL_DIR, paths.SUMMARY, paths.STUDIES_DIR, data.load_prepared().stats)
     with tracking.Tracker(tracking_uri, params.mlflow.experiment) as tracker:  # starts while we render
-        inputs = Inputs(params, paths.EVAL_DIR, paths.SUMMARY, paths.STUDIES_DIR, data.load_prepared().stats)
         captions = render(inputs, paths.REPORTS, commit)
         metrics = {f"{o}_{family}_final_loss": s[f"{family}_final_loss"]["mean"]
                    for o, s in inputs.opt.items() for family in ("tuned", "book")}

@@ -6,7 +6,7 @@ fails the trials of dead workers; `run_trials` asks for trials until the budget 
 `TrialRunner.run` asks one, records its worker, beats its heartbeat, samples its hyperparameters
 (core/space.py), trains its seeds (search.evaluate_trial), tells Optuna (COMPLETE, or PRUNED
 with failure "diverged", which TPE ranks below every complete trial), then queues its MLflow run
-(mirror.log_own_trial). Outputs are written by study_outputs.
+(mirror.log_own_trial). The outputs are written by outputs.write_outputs.
 
 Ask-and-tell rather than `study.optimize`, for three guarantees optimize() cannot give (Optuna
 5.0): an exact budget with racing workers (MaxTrialsCallback stops only after the extra trials
