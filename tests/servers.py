@@ -62,8 +62,15 @@ class Postgres:
         self._run("initdb", "-D", str(self.root / "data"), "-U", "postgres", "-A", "scram-sha-256",
                   f"--pwfile={self.root / 'pw'}", "--no-sync")
         # fsync off: a test cluster needs no durability, and it spares the shared disk.
+        self.start()
+
+    def start(self) -> None:
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200"
         self._run("pg_ctl", "-D", str(self.root / "data"), "-o", options, "-l", str(self.root / "log"), "-w", "start")
+
+    def halt(self) -> None:
+        """Stop the server as a crash or a restart would (-m fast: every connection is cut), keeping its data."""
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
 
     def _run(self, tool: str, *args: str) -> None:
         out = subprocess.run([str(self.bindir / tool), *args], capture_output=True, text=True, timeout=120,
@@ -92,8 +99,8 @@ class MlflowServer:
     """`mlflow server` on 127.0.0.1 with its runs in PostgreSQL and artifacts in a folder. The
     backend URI, password and all, goes through the environment, not the command line."""
 
-    def __init__(self, backend_uri: str, artifacts: Path):
-        self.port = free_port()
+    def __init__(self, backend_uri: str, artifacts: Path, port: int = 0):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": backend_uri}
         self.log = open(artifacts.parent / "mlflow-server.log", "w")

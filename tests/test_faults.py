@@ -237,3 +237,155 @@ def test_a_signal_inside_a_deferred_block_waits_for_the_block_to_finish(signum):
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGINT, previous[1])
     assert steps == ["started", "working", "working", "finished"]
+
+
+# --- servers that go away under a running study ----------------------------------------------
+
+def _worker_project(tmp_path, raw_file, n_trials, **study_changes):
+    """Trials of ~0.1 s (40 epochs, one record), so a study runs long enough to be cut."""
+    def edit(raw):
+        raw["study"].update(n_trials=n_trials, seeds_per_trial=2, **study_changes)
+        raw["train"].update(epochs=40, record_every=3000)
+    return prepared_project(tmp_path / "project", raw_file, edit)
+
+
+def _start(root, env, *args, log_name):
+    import sys
+    log = open(root / log_name, "w")
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "study", "sgd", *args], cwd=root, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
+def _study_on(root, url):
+    from pipeline.core import data
+    from pipeline.stages.study import search
+
+    params = config.load_params(root / "params.yaml")
+    name = search.study_name("sgd", params, data.load_prepared(root / "data/prepared"))
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except Exception:  # not created yet, or the server is down
+        return None
+
+
+def _wait_for(condition, timeout=300):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def _counted_on(root, url) -> list:
+    s = _study_on(root, url)
+    return [t for t in s.get_trials() if study.is_counted(t)] if s else []
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL cluster of this test's own: it is stopped and started under the workers."""
+    from servers import Postgres
+
+    server = Postgres()
+    yield server
+    server.stop()
+
+
+def test_workers_wait_out_a_database_restart_and_end_with_exactly_their_budget(own_postgres, raw_file, tmp_path):
+    import time
+
+    from conftest import run_env
+    from servers import PASSWORD
+
+    url = own_postgres.create_database("optuna")
+    root = _worker_project(tmp_path, raw_file, n_trials=40, reconnect_s=60)
+    env = run_env(OPTUNA_STORAGE=url, CI="true")  # MLflow in the project's SQLite file
+    worker = _start(root, env, "--workers", "2", log_name="workers.log")
+    _wait_for(lambda: len(_counted_on(root, url)) >= 8)
+    own_postgres.halt()
+    time.sleep(3)  # the workers are mid-trial when the server goes: they must wait, not stop
+    assert worker.poll() is None, (root / "workers.log").read_text()[-3000:]
+    own_postgres.start()
+    assert worker.wait(300) == 0, (root / "workers.log").read_text()[-3000:]
+
+    log = (root / "workers.log").read_text()
+    assert "lost the Optuna storage" in log and "is back" in log and PASSWORD not in log
+    counted = _counted_on(root, url)
+    numbers = [t.number for t in counted]
+    assert len(numbers) == len(set(numbers)) >= 40  # none counted twice
+    rows = read_csv(root / "studies/sgd/trials.csv")
+    assert [int(r["number"]) for r in rows] == sorted(numbers)[:40]  # exactly the budget in the outputs
+    s = _study_on(root, url)
+    assert not [t for t in s.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
+
+    from mlflow import MlflowClient
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.run_type = 'trial'",
+                              max_results=5000)
+    per_trial = [int(r.data.tags["trial_number"]) for r in runs]
+    assert sorted(per_trial) == sorted(t.number for t in s.get_trials())  # one run per trial, lost ones too
+
+
+def test_past_reconnect_s_the_worker_stops_in_one_line_and_the_rerun_resumes(own_postgres, raw_file, tmp_path):
+    from conftest import run_env
+    from servers import PASSWORD
+
+    url = own_postgres.create_database("optuna")
+    root = _worker_project(tmp_path, raw_file, n_trials=30, reconnect_s=2)
+    env = run_env(OPTUNA_STORAGE=url, CI="true")
+    worker = _start(root, env, log_name="first.log")
+    _wait_for(lambda: len(_counted_on(root, url)) >= 5)
+    own_postgres.halt()
+    assert worker.wait(120) == 1
+    last = (root / "first.log").read_text().strip().splitlines()[-1]
+    assert last.startswith("error: Optuna storage postgresql://postgres:***@") and "unreachable for 2 s" in last
+    assert PASSWORD not in (root / "first.log").read_text()
+    own_postgres.start()
+    before = {t.number: t.value for t in _counted_on(root, url)}
+    rerun = _start(root, env, log_name="rerun.log")
+    assert rerun.wait(300) == 0, (root / "rerun.log").read_text()[-3000:]
+    after = {t.number: t.value for t in _counted_on(root, url)}
+    assert len(after) == 30 and all(after[n] == v for n, v in before.items())
+
+
+def test_a_lost_tracking_server_does_not_stop_the_study_and_the_rerun_logs_each_missing_run_once(raw_file, tmp_path):
+    from mlflow import MlflowClient
+    from conftest import run_env
+    from servers import MlflowServer
+
+    backend = f"sqlite:///{tmp_path / 'tracking.db'}"
+    server = MlflowServer(backend, tmp_path / "artifacts")
+    root = _worker_project(tmp_path, raw_file, n_trials=40)
+    env = run_env(MLFLOW_TRACKING_URI=server.url, CI="true")  # Optuna in the journal file
+    journal = lambda: storage_mod.open_storage("journal", "sgd", config.load_params(root / "params.yaml").study,  # noqa: E731
+                                               root / "studies")
+    worker = _start(root, env, log_name="first.log")
+    try:
+        _wait_for(lambda: len(_counted_on(root, journal())) >= 8)
+    finally:
+        server.stop()
+    assert worker.wait(300) == 0, (root / "first.log").read_text()[-3000:]
+    log = (root / "first.log").read_text()
+    waiting = [line for line in log.splitlines() if "waiting for MLflow" in line]
+    assert len(waiting) == 1 and "rerun `python -m pipeline study sgd`" in waiting[0], log[-3000:]
+    assert "Traceback" not in log
+    counted = _counted_on(root, journal())
+    assert len(counted) == 40 and len(read_csv(root / "studies/sgd/trials.csv")) == 40  # Optuna kept every trial
+
+    server = MlflowServer(backend, tmp_path / "artifacts", port=server.port)  # back, at the same address
+    try:
+        rerun = _start(root, env, log_name="rerun.log")
+        assert rerun.wait(300) == 0, (root / "rerun.log").read_text()[-3000:]
+        assert "waiting for MLflow" not in (root / "rerun.log").read_text()
+        client = MlflowClient(server.url)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.run_type = 'trial'",
+                                  max_results=5000)
+    finally:
+        server.stop()
+    numbers = sorted(int(r.data.tags["trial_number"]) for r in runs)
+    assert numbers == sorted(t.number for t in _study_on(root, journal()).get_trials())  # each trial exactly once
+    assert all(r.info.status in ("FINISHED", "FAILED", "KILLED") for r in runs)
+    import re
+    assert int(re.search(r"(\d+) trial run\(s\)", waiting[0]).group(1)) > 0  # the study did go on without MLflow

@@ -66,6 +66,7 @@ ELSEWHERE = {
     "data.timeout_s": "test_data: test_data_knobs_through_the_commands",
     "data.retries": "test_data: test_data_knobs_through_the_commands",
     "study.workers": "test_study_workers_setting_never_forks_beyond_it",
+    "study.reconnect_s": "test_faults: test_workers_wait_out_a_database_restart (60), test_past_reconnect_s (2)",
 }
 
 

@@ -63,6 +63,7 @@ class StudyParams:
     workers: int  # processes sharing the study (none of these three changes the study's identity)
     heartbeat_s: int  # RDB storages: a running trial records a heartbeat this often
     grace_s: int  # ... and is failed as abandoned after this long without one
+    reconnect_s: int  # RDB storages: how long workers wait for a restarting database before stopping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +195,7 @@ def _validate_range(name: str, raw) -> Range:
 
 
 def _validate_study(study: StudyParams) -> StudyParams:
-    for key in ("n_trials", "seeds_per_trial", "workers", "heartbeat_s", "grace_s"):
+    for key in ("n_trials", "seeds_per_trial", "workers", "heartbeat_s", "grace_s", "reconnect_s"):
         _positive(f"study.{key}", getattr(study, key))
     if study.grace_s <= study.heartbeat_s:
         _fail("study.grace_s", f"must exceed study.heartbeat_s ({study.heartbeat_s}), got {study.grace_s}")

@@ -28,6 +28,8 @@ from pipeline.core.config import mask_url
 from pipeline.core.errors import PipelineError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+             "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}  # the user's own settings win
 PARENT = "mlflow.parentRunId"
 
 
@@ -66,9 +68,12 @@ class Tracker:
             _check_server(tracking_uri)
         self.uri = tracking_uri
         # The URI goes through the environment: a password in it stays out of the process list.
+        # A lost tracking server fails a run within seconds, not after MLflow's minutes of
+        # retries: the study goes on without it, and the next run logs what is missing.
+        env = {**FAIL_FAST, **os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
         self._process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.core.tracking_process", experiment], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})
+            text=True, env=env)
         self._requests = 0
         self._ready = False
         self.seconds = {}  # trial number -> seconds MLflow took to log it
@@ -162,6 +167,9 @@ class Tracker:
     def flush(self) -> None:
         """Wait until every trial sent so far is in MLflow."""
         self._call("ping")
+
+    def delete_unfinished_trial_runs(self, parent_id: str, optimizer: str, number: int) -> None:
+        self._call("delete_unfinished_trial_runs", parent_id=parent_id, optimizer=optimizer, number=number)
 
     def logged_trials(self, parent_id: str, optimizer: str) -> dict:
         """trial number -> its child runs' statuses."""

@@ -122,6 +122,13 @@ class _Mlflow:
             pass
         return self.client.get_run(run_id).data.params[key]
 
+    def delete_unfinished_trial_runs(self, parent_id, optimizer, number):
+        """A trial's runs left RUNNING when the store went away between creating and ending them."""
+        for run in self.client.search_runs([self.trials_experiment_id(optimizer)],
+                                           f"tags.`{PARENT}` = '{parent_id}' and tags.trial_number = '{number}'"):
+            if run.info.status == "RUNNING":
+                self.client.delete_run(run.info.run_id)
+
     def logged_trials(self, parent_id, optimizer):
         found, token = {}, None
         while True:
@@ -176,7 +183,8 @@ def _serve(experiment: str) -> None:
                     seconds[request["args"]["number"]] = time.perf_counter() - start
                 except Exception as e:
                     failed = short(e)
-                    reply({"error": failed})  # once: the study reads it before its next send
+                    reply({"error": failed, "seconds": seconds})  # once: the study reads it before its next send
+                    seconds = {}
             continue
         if failed is not None:
             reply({"id": request["id"], "error": failed})

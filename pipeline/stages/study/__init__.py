@@ -47,10 +47,12 @@ def run(optimizer: str, params: Params, storage_url: str, tracking_uri: str, wor
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # one summary line per study, not per trial
         tags = {**tags, "storage": mask_url(storage_url)}
-        study, parent_id, timings = trials.run_study(optimizer, params, dataset, store, tracker, tags, progress,
-                                                     helpers)
+        study, sink, timings = trials.run_study(optimizer, params, dataset, store, tracker, tags, progress, helpers)
+        if sink.lost:
+            sink.report_waiting(study)
         if helper:
             return study, None, timings  # the worker that started it writes the outputs
         outcome = outputs.write_outputs(study, optimizer, params, storage.study_dir(optimizer), timings)
-        outputs.log_study_summary(tracker, parent_id, study, optimizer, outcome, params)
+        if not sink.lost:
+            outputs.log_study_summary(tracker, sink.parent_id, study, optimizer, outcome, params)
     return study, outcome, timings

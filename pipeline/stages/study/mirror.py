@@ -6,6 +6,7 @@ Who logs a trial: its own worker, at once. Anyone else only once its worker cann
 as abandoned) or has not for grace_s, and then only after claiming it in MLflow (Tracker.claim:
 a write-once param on the study's parent run), so two finishing workers never log it twice.
 """
+import logging
 import os
 import time
 
@@ -14,8 +15,49 @@ from optuna.trial import TrialState
 
 from pipeline.core import space
 from pipeline.core.config import Params
+from pipeline.core.errors import PipelineError
 from pipeline.core.tracking import Tracker
 from pipeline.stages.study import storage
+
+log = logging.getLogger(__name__)
+
+
+class Mirror:
+    """Where a finished trial goes after Optuna: its MLflow run, shaped like an Optuna callback
+    (`on_finished(study, trial)`, and `sync(study)` for what dead workers left). MLflow is a view:
+    if the tracking store goes away mid-study the study goes on, Optuna keeps every trial, and
+    the next run of the stage logs the missing runs (each once, see sync_mlflow)."""
+
+    def __init__(self, tracker: Tracker, parent_id: str, optimizer: str, params: Params):
+        self.tracker, self.parent_id, self.optimizer, self.params = tracker, parent_id, optimizer, params
+        self.lost = None  # why MLflow stopped taking runs, once it did
+
+    def on_finished(self, study, trial) -> None:
+        if self.lost is None:
+            self._guarded(log_own_trial, self.tracker, self.parent_id, self.optimizer, self.params, trial)
+
+    def sync(self, study) -> int:
+        if self.lost is not None:
+            return 0
+        return self._guarded(sync_mlflow, study, self.tracker, self.parent_id, self.optimizer, self.params) or 0
+
+    def _guarded(self, action, *args):
+        try:
+            return action(*args)
+        except PipelineError as e:
+            self.lost = str(e)
+            log.warning("%s; the study goes on without MLflow (Optuna keeps every trial)", e)
+
+    def report_waiting(self, study) -> int:
+        """One line: how many of this worker's finished trials MLflow has not confirmed."""
+        confirmed = set(self.tracker.seconds)
+        waiting = [t.number for t in study.get_trials(deepcopy=False)
+                   if t.state != TrialState.RUNNING and storage.owner(t) == (storage.HOST, os.getpid())
+                   and t.number not in confirmed]
+        log.warning("%d trial run(s) of %s are waiting for MLflow: rerun `python -m pipeline study %s` once "
+                    "tracking is back (Optuna keeps them; each is logged once)", len(waiting), study.study_name,
+                    self.optimizer)
+        return len(waiting)
 
 
 def run_status(trial) -> str:
@@ -79,15 +121,21 @@ def sync_mlflow(study, tracker: Tracker, parent_id: str, optimizer: str, params:
     tracker.flush()
     logged, now, added = tracker.logged_trials(parent_id, optimizer), time.time(), 0
     for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.RUNNING or t.number in logged:
+        if t.state == TrialState.RUNNING:
             continue
         mine = storage.owner(t) == (storage.HOST, os.getpid())
         abandoned = storage.failure(t) in (storage.Failure.WORKER_DIED, storage.Failure.NO_HEARTBEAT)
         stale = now - (t.datetime_complete or t.datetime_start).timestamp() > params.study.grace_s
+        # A run left RUNNING by a worker that is gone: the store went away while it was written.
+        broken = set(logged.get(t.number, ())) == {"RUNNING"} and not mine and (storage.owner_gone(t) or stale)
+        if t.number in logged and not broken:
+            continue
         if mine and not stale:
             log_trial(tracker, parent_id, optimizer, params, t)
             added += 1
         elif (mine or storage.owner_gone(t) or abandoned or stale) and claim(tracker, parent_id, t.number):
+            if broken:
+                tracker.delete_unfinished_trial_runs(parent_id, optimizer, t.number)
             log_trial(tracker, parent_id, optimizer, params, t)
             added += 1
     tracker.flush()

@@ -49,6 +49,7 @@ class Failure(str, enum.Enum):
 ABANDONED = (Failure.INTERRUPTED, Failure.WORKER_DIED, Failure.NO_HEARTBEAT)  # not counted; MLflow says KILLED
 NO_HEARTBEAT = "interrupted: its worker stopped sending heartbeats"
 WORKER_DIED = "interrupted: its worker died"
+LOST_STORAGE = "interrupted: the connection to the Optuna storage was lost"
 
 
 class FlockLock:
@@ -122,6 +123,50 @@ def _reason(error: Exception) -> str:
     """First line of a driver error, password masked: SQLAlchemy wraps the driver's in .orig."""
     text = str(getattr(error, "orig", None) or error) or type(error).__name__
     return mask_url(text).strip().splitlines()[0][:200]
+
+
+def connection_lost(error: BaseException) -> bool:
+    """True when an error (or what caused it: Optuna wraps SQLAlchemy's) is a lost database
+    connection, a restarting server, rather than a bug or bad data."""
+    from sqlalchemy import exc
+
+    seen = error
+    while seen is not None:
+        if isinstance(seen, (exc.OperationalError, exc.InterfaceError)) or \
+                (isinstance(seen, exc.DBAPIError) and seen.connection_invalidated):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def reconnect(study: optuna.Study, storage, timeout_s: float, error: BaseException) -> None:
+    """Wait until the database answers again (SQLAlchemy's pre-ping replaces the dead
+    connections), then fail this worker's trials the outage interrupted: not counted, redone.
+    Past timeout_s, stop in one line; the rerun resumes."""
+    url = mask_url(storage.url)
+    log.warning("lost the Optuna storage %s (%s); waiting up to %s s for it", url, _reason(error), timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            break
+        except Exception as e:
+            if not connection_lost(e):
+                raise
+            if time.monotonic() > deadline:
+                raise PipelineError(f"Optuna storage {url} unreachable for {timeout_s} s ({_reason(e)}): rerun once it "
+                                    f"is back (finished trials are kept), or raise study.reconnect_s") from None
+            time.sleep(1.0)
+    for t in running:
+        if owner(t) == (HOST, os.getpid()):
+            try:
+                tid = trial_id(storage, study, t.number)
+                storage.set_trial_user_attr(tid, REASON, LOST_STORAGE)
+                storage.set_trial_user_attr(tid, FAILURE, Failure.INTERRUPTED.value)
+                storage.set_trial_state_values(tid, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # its tell reached the database after all
+    log.warning("the Optuna storage %s is back; the interrupted trial is run again", url)
 
 
 def has_heartbeat(storage) -> bool:

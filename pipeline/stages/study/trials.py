@@ -56,9 +56,8 @@ def _finished_elsewhere(study: optuna.Study, number: int) -> bool:
 class TrialRunner:
     """One trial: sample, train the seeds in one engine call, tell Optuna, queue the MLflow run."""
 
-    def __init__(self, optimizer: str, params: Params, dataset: Dataset, store, tracker: Tracker, parent_id: str):
-        self.optimizer, self.params, self.dataset, self.store = optimizer, params, dataset, store
-        self.tracker, self.parent_id = tracker, parent_id
+    def __init__(self, optimizer: str, params: Params, dataset: Dataset, store, sink: mirror.Mirror):
+        self.optimizer, self.params, self.dataset, self.store, self.sink = optimizer, params, dataset, store, sink
 
     def run(self, study: optuna.Study):
         """Timings of the trial's parts in seconds, or None if another worker took it over."""
@@ -84,7 +83,7 @@ class TrialRunner:
                            INTERRUPTED if interrupted else f"error: {type(e).__name__}: {e}")
             raise
         t = time.perf_counter()
-        mirror.log_own_trial(self.tracker, self.parent_id, self.optimizer, self.params, frozen)
+        self.sink.on_finished(study, frozen)
         clock["mlflow"] = time.perf_counter() - t
         clock["total"] = time.perf_counter() - start
         return {"number": trial.number, **clock}
@@ -116,7 +115,7 @@ class TrialRunner:
             frozen = study.tell(trial, state=TrialState.FAIL)
         except Exception:  # the storage itself may be what failed; the next worker cleans up
             return
-        mirror.log_own_trial(self.tracker, self.parent_id, self.optimizer, self.params, frozen)
+        self.sink.on_finished(study, frozen)
 
 
 # --- the study ------------------------------------------------------------------------------
@@ -199,7 +198,13 @@ def run_trials(session: Session, runner: TrialRunner, target: int, grace_s: floa
                     last_check = time.monotonic()
                 time.sleep(0.05)
                 continue
-            timing = runner.run(study)
+            try:
+                timing = runner.run(study)
+            except Exception as e:  # a database restart: wait for it (up to study.reconnect_s), then go on
+                if not storage.connection_lost(e):
+                    raise
+                storage.reconnect(study, runner.store, runner.params.study.reconnect_s, e)
+                continue
             if timing:
                 timings.append(timing)
     finally:
@@ -210,19 +215,20 @@ def run_trials(session: Session, runner: TrialRunner, target: int, grace_s: floa
 def run_study(optimizer: str, params: Params, dataset: Dataset, store, tracker: Tracker, parent_tags: dict,
               progress: bool = False, helpers: list = ()) -> tuple:
     """Run this worker's share of the study beside its helper processes (see workers.py); return
-    (study, parent run id, this worker's timings) once the budget is done and logged."""
+    (study, its MLflow mirror, this worker's timings) once the budget is done and logged."""
     try:
         session = start(optimizer, params, dataset, store, tracker, parent_tags)
     except BaseException:
         workers.stop(helpers)
         raise
-    runner = TrialRunner(optimizer, params, dataset, store, tracker, session.parent_id)
+    sink = mirror.Mirror(tracker, session.parent_id, optimizer, params)
+    runner = TrialRunner(optimizer, params, dataset, store, sink)
     try:
         timings = run_trials(session, runner, params.study.n_trials, params.study.grace_s, progress)
         for h in helpers:
             if h.wait() != 0:
                 log.warning("helper worker %d exited with code %d; its trials are kept", h.pid, h.returncode)
-        mirror.sync_mlflow(session.study, tracker, session.parent_id, optimizer, params)  # also helpers that died
+        sink.sync(session.study)  # also helpers that died
     except BaseException:
         workers.stop(helpers)
         try:
@@ -233,7 +239,7 @@ def run_study(optimizer: str, params: Params, dataset: Dataset, store, tracker: 
         raise
     for t in timings:
         t["mlflow_background"] = tracker.seconds.get(t["number"], 0.0)
-    return session.study, session.parent_id, timings
+    return session.study, sink, timings
 
 
 # --- outputs --------------------------------------------------------------------------------
