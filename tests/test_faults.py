@@ -389,3 +389,27 @@ def test_a_lost_tracking_server_does_not_stop_the_study_and_the_rerun_logs_each_
     assert all(r.info.status in ("FINISHED", "FAILED", "KILLED") for r in runs)
     import re
     assert int(re.search(r"(\d+) trial run\(s\)", waiting[0]).group(1)) > 0  # the study did go on without MLflow
+
+
+def test_an_interrupt_while_the_journal_lock_is_held_never_strands_it(tmp_path):
+    """Ctrl-C inside the locked section (where it landed in a loaded CI run, just after flock
+    returned): the lock is free at once for this process and for others."""
+    import sys
+
+    from pipeline.stages.study import journal
+
+    path = tmp_path / "optuna.journal"
+    lock = storage_mod.FlockLock(tmp_path / "optuna.lock")
+    backend = journal.Journal(path, lock)
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        backend._locked(interrupted)
+    backend.append_logs([{"op_code": 0, "worker_id": "w", "study_name": "s", "directions": [1]}])  # not blocked
+    other = subprocess.run([sys.executable, "-c", (
+        "from pathlib import Path; from pipeline.stages.study.storage import FlockLock; "
+        f"FlockLock(Path({str(tmp_path / 'optuna.lock')!r})).acquire(); print('acquired')")],
+        capture_output=True, text=True, timeout=60)
+    assert other.stdout.strip() == "acquired" and every_line_parses(path)

@@ -32,8 +32,8 @@ class Journal(optuna.storages.journal.JournalFileBackend):
         check_records(self.path)
 
     def _locked(self, action):
-        self._lock_obj.acquire()
-        try:
+        try:  # acquire inside: an interrupt during or right after it still releases
+            self._lock_obj.acquire()
             return action()
         finally:
             self._lock_obj.release()

@@ -61,22 +61,18 @@ class FlockLock:
         self._path, self._fd = str(path), None
 
     def acquire(self) -> bool:
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # may wait: a Ctrl-C here closes fd, which drops nothing held
-        except BaseException:
-            os.close(fd)
-            raise
-        with interrupts_deferred():  # between holding the lock and recording it, a Ctrl-C would strand it
-            self._fd = fd
+        # The fd is ours before the (interruptible) wait: whatever interrupt comes next, release()
+        # closes it, and closing drops the lock. Held in a local only, a Ctrl-C landing just after
+        # flock returned would strand the lock and block this process's next acquire for good.
+        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
         return True
 
     def release(self) -> None:
         with interrupts_deferred():
             fd, self._fd = self._fd, None
             if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
+                os.close(fd)  # drops the flock with it
 
 
 def study_dir(optimizer: str, root: Path = STUDIES_DIR) -> Path:
