@@ -20,15 +20,11 @@ from conftest import run_env
 
 
 def test_expected_best_is_the_mean_over_all_subsets():
-    values = [0.31, 0.25, None, 0.27, 0.26, 0.4]  # None: a diverged trial
-    trials = [{"objective": "" if v is None else repr(v)} for v in values]
-    rows = landscape.budget_curve(trials, optimum=0.2)
-    as_inf = [np.inf if v is None else v for v in values]
+    values = np.array([0.31, 0.25, 0.5, 0.27, 0.26, 0.4])  # 0.5: a diverged trial, scoring its initial loss
+    rows = landscape.budget_curve(values, optimum=0.2)
     for b, row in enumerate(rows, start=1):
-        subsets = [min(s) for s in itertools.combinations(as_inf, b)]
-        finite = [m for m in subsets if np.isfinite(m)]
-        assert row["subsample_expected_best"] == pytest.approx(np.mean(finite))
-        assert row["best_so_far"] == min(as_inf[:b]) and row["regret"] == pytest.approx(row["best_so_far"] - 0.2)
+        assert row["subsample_expected_best"] == pytest.approx(np.mean([min(s) for s in itertools.combinations(values, b)]))
+        assert row["best_so_far"] == min(values[:b]) and row["regret"] == pytest.approx(row["best_so_far"] - 0.2)
 
 
 def test_expected_best_holds_past_a_thousand_trials():
@@ -37,27 +33,25 @@ def test_expected_best_holds_past_a_thousand_trials():
     from math import comb
     rng = np.random.default_rng(0)
     values = rng.uniform(0.24, 0.4, 1100)
-    values[rng.choice(1100, 50, replace=False)] = np.inf  # diverged trials
-    trials = [{"objective": "" if not np.isfinite(v) else repr(float(v))} for v in values]
-    rows = landscape.budget_curve(trials, optimum=0.24)
+    values[rng.choice(1100, 50, replace=False)] = 0.5  # diverged trials score their initial loss
+    rows = landscape.budget_curve(values, optimum=0.24)
     ordered = sorted(values)
     n = len(ordered)
     for b in (1, 2, 37, 500, 1029, 1030, 1100):
-        weights = [Fraction(comb(n - i, b - 1), comb(n, b)) for i in range(1, n + 1)]
-        finite = [(w, Fraction(v)) for w, v in zip(weights, ordered) if np.isfinite(v)]
-        exact = sum(w * v for w, v in finite) / sum(w for w, _ in finite)
+        exact = sum(Fraction(comb(n - i, b - 1), comb(n, b)) * Fraction(v) for i, v in enumerate(ordered, start=1))
         assert rows[b - 1]["subsample_expected_best"] == pytest.approx(float(exact), rel=1e-12)
 
 
-def test_mean_ci_counts_diverged_seeds_instead_of_returning_nan():
+def test_mean_ci_scores_diverged_seeds_by_the_rule_and_counts_them():
     from scipy import stats
-    values = np.array([0.25, np.nan, 0.26, 0.24, np.nan])
-    got = evaluate.mean_ci(values)
-    finite = values[np.isfinite(values)]
-    assert got["diverged_seeds"] == 2 and got["seeds"] == 5 and got["mean"] == pytest.approx(finite.mean())
-    low, high = stats.t.interval(0.95, len(finite) - 1, loc=finite.mean(), scale=stats.sem(finite))
+    values, start = np.array([0.25, np.nan, 0.26, 0.24, np.inf]), np.array([0.5, 0.51, 0.49, 0.5, 0.52])
+    got = evaluate.mean_ci(values, start)
+    scored = np.array([0.25, 0.51, 0.26, 0.24, 0.52])
+    assert got["diverged_seeds"] == 2 and got["seeds"] == 5 and got["mean"] == pytest.approx(scored.mean())
+    low, high = stats.t.interval(0.95, len(scored) - 1, loc=scored.mean(), scale=stats.sem(scored))
     assert got["ci95"] == pytest.approx((high - low) / 2)
-    assert evaluate.mean_ci(np.array([np.nan, np.nan])) == {"mean": None, "ci95": None, "diverged_seeds": 2, "seeds": 2}
+    every = evaluate.mean_ci(np.array([np.nan, np.nan]), np.array([0.5, 0.5]))
+    assert every == {"mean": 0.5, "ci95": 0.0, "diverged_seeds": 2, "seeds": 2}
 
 
 def test_examples_to_floor_and_grid(dataset, params):

@@ -33,7 +33,8 @@ def run(optimizer, params, dataset, root, storage="journal", summary=False):
     """The study command's work, in-process: storage and MLflow under root."""
     with tracking.Tracker(f"sqlite:///{root}/mlflow.db", "test") as tracker:
         opened = storage_mod.open_storage(storage, optimizer, params.study, root)
-        result, parent, timings = study.run_study(optimizer, params, dataset, opened, tracker, {"storage": storage})
+        result, sink, timings = study.run_study(optimizer, params, dataset, opened, tracker, {"storage": storage})
+        parent = sink.parent_id
         outcome = study_outputs.write_outputs(result, optimizer, params, root / optimizer, timings)
         if summary:
             study_outputs.log_study_summary(tracker, parent, result, optimizer, outcome, params)

@@ -76,6 +76,9 @@ class EvaluateParams:
     grid_points: int  # landscape: grid side of a two-hyperparameter space
     cube_points: int  # landscape: grid side of a space of three or more hyperparameters
     sampler_repeats: int  # the sampler comparison repeats each sampler over this many seeds
+    random_draws: int  # random search is estimated from this many points drawn from the search space
+    refine_points: int  # the best known value: a finer grid of this many points per axis around the best
+    equivalence_margin: float  # differences within this fraction of (initial loss - floor) are negligible
     quadratic_steps: int
     quadratic: dict  # optimizer -> hyperparameters for the 2-D demo (the registry's where left out)
 
@@ -167,7 +170,7 @@ def _check_value(where: str, name: str, value: float) -> None:
 
 def _validate_evaluate(ev: EvaluateParams, study: StudyParams) -> EvaluateParams:
     for key in ("seeds", "framework_seeds", "floor_tolerance", "lr_points", "grid_points", "cube_points",
-                "sampler_repeats", "quadratic_steps"):
+                "sampler_repeats", "quadratic_steps", "random_draws", "refine_points", "equivalence_margin"):
         _positive(f"evaluate.{key}", getattr(ev, key))
     if ev.seeds < 2:
         _fail("evaluate.seeds", "need at least 2 seeds for a confidence interval")

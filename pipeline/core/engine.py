@@ -28,6 +28,11 @@ class TrainResult(NamedTuple):
     effective_lr: np.ndarray  # (K, R, P) per-coordinate effective lr at each record, P = d + 1 (w..., b)
     params: np.ndarray  # (K, P) final parameters (w..., b)
     diverged: np.ndarray  # (K,) True where the run hit inf/NaN or blew up (see TrainParams.diverge_factor)
+    initial_loss: np.ndarray  # (K,) the loss at the start of training: what a diverged run scores
+
+    def scored(self, objective: str = "final_loss") -> np.ndarray:
+        """(K,) the objective under the one divergence rule: a diverged run scores its initial loss."""
+        return np.where(self.diverged, self.initial_loss, self.score(objective))
 
     @property
     def final_loss(self) -> np.ndarray:
@@ -37,7 +42,7 @@ class TrainResult(NamedTuple):
     def take(self, rows: slice) -> "TrainResult":
         """The runs in `rows`, as if trained on their own (rows never mix)."""
         return self._replace(losses=self.losses[rows], effective_lr=self.effective_lr[rows], params=self.params[rows],
-                             diverged=self.diverged[rows])
+                             diverged=self.diverged[rows], initial_loss=self.initial_loss[rows])
 
     def score(self, objective: str) -> np.ndarray:
         """(K,) a study objective per run: "final_loss", or "mean_loss" over the whole curve
@@ -195,7 +200,7 @@ def train(
     with np.errstate(invalid="ignore"):
         blew_up = (losses > protocol.diverge_factor * start[:, None]).any(axis=1)
     diverged = ~(np.isfinite(losses).all(axis=1) & np.isfinite(theta).all(axis=1)) | blew_up
-    return TrainResult(sched.examples, losses, eff_lr, theta, diverged)
+    return TrainResult(sched.examples, losses, eff_lr, theta, diverged, start)
 
 
 def train_groups(dataset: Dataset, optimizer: str, groups: list, protocol: TrainParams) -> list:

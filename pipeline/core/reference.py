@@ -34,6 +34,7 @@ def train_eager(dataset: Dataset, optimizer: str, hyper: dict, seed: int, protoc
     b = tf.Variable(theta0[-1:])
     net = lambda x: tf.matmul(x, w) + b
     squared_loss = lambda y_hat, y: (y_hat - tf.reshape(y, y_hat.shape)) ** 2 / 2
+    start = float(tf.reduce_mean(squared_loss(net(dataset.features), dataset.target)))
 
     if use_keras:
         keras_opt = keras_optimizer(optimizer, hyper)
@@ -81,4 +82,4 @@ def train_eager(dataset: Dataset, optimizer: str, hyper: dict, seed: int, protoc
     theta = np.concatenate([w.numpy()[:, 0], b.numpy()])[None]
     losses = np.array([losses])
     diverged = ~np.isfinite(losses).all(axis=1)
-    return TrainResult(np.array(examples), losses, np.empty((1, len(examples), 0)), theta, diverged)
+    return TrainResult(np.array(examples), losses, np.empty((1, len(examples), 0)), theta, diverged, np.array([start]))

@@ -31,7 +31,11 @@ from pipeline.core.config import Params
 from pipeline.core.data import Dataset
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import EVAL_DIR, SUMMARY
-from pipeline.stages.evaluate import comparisons, landscape, samplers
+from pipeline.stages.evaluate import comparisons, ground_truth, landscape, samplers
+
+DIVERGENCE_RULE = ("a run that diverges (its loss becomes infinite or undefined, or exceeds train.diverge_factor "
+                   "times its start) scores the loss at the start of training, its initial loss, in every mean, "
+                   "test, resample and curve")
 
 CORDS = ("w1", "w2", "w3", "w4", "w5", "b")
 
@@ -54,15 +58,15 @@ def examples_to_floor(result: engine.TrainResult, floor: float, tolerance: float
     return [int(result.examples[np.argmax(r)]) if r.any() else None for r in reached]
 
 
-def mean_ci(values: np.ndarray) -> dict:
-    """Mean and 95% t-interval half-width over the seeds that did not diverge, and how many did:
-    a diverged seed is reported as a count, never as a NaN summary."""
+def mean_ci(values: np.ndarray, penalty) -> dict:
+    """Mean and 95% t-interval half-width over every seed under the divergence rule (a diverged
+    seed scores `penalty`, its initial loss), and how many diverged."""
     values = np.asarray(values, dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    n = len(finite)
-    mean = float(finite.mean()) if n else None
-    half = float(stats.t.ppf(0.975, n - 1) * finite.std(ddof=1) / math.sqrt(n)) if n >= 2 else None
-    return {"mean": mean, "ci95": half, "diverged_seeds": int(len(values) - n), "seeds": int(len(values))}
+    scored = statistics.penalized(values, penalty)
+    n = len(scored)
+    half = float(stats.t.ppf(0.975, n - 1) * scored.std(ddof=1) / math.sqrt(n)) if n >= 2 else None
+    return {"mean": float(scored.mean()), "ci95": half, "diverged_seeds": int((~np.isfinite(values)).sum()),
+            "seeds": int(n)}
 
 
 def evaluate(dataset: Dataset, params: Params, studies_dir: Path, out_dir: Path = EVAL_DIR,
@@ -70,17 +74,20 @@ def evaluate(dataset: Dataset, params: Params, studies_dir: Path, out_dir: Path 
     ev, floor = params.evaluate, dataset.stats["least_squares"]["loss"]
     seeds = np.arange(ev.first_seed, ev.first_seed + ev.seeds)
     rows = {name: [] for name in ("curves", "coordinates", "landscape", "budget", "samplers", "quadratic")}
-    summary, finals, convergence, eff_mean = {}, {}, {}, {}
+    summary, scores, convergence, eff_mean, start_losses = {}, {}, {}, {}, []
     for name in params.study.optimizers:
         opt = optimizers.get(name)
         best, trials = read_study(name, studies_dir)
         # An optimizer no framework ships (no `defaults` in the registry) meets its book setting there.
         settings = {"tuned": best["hyperparams"], "book": params.book[name], "defaults": opt.defaults or opt.book}
         points, grid_hyper, grid_seeds = landscape.landscape_grid(name, params)
-        *trained, grid_runs = engine.train_groups(
-            dataset, name, [(hyper, seeds) for hyper in settings.values()] + [(grid_hyper, grid_seeds)], params.train)
+        draws = ground_truth.uniform_draws(name, params)
+        *trained, grid_runs, draw_runs = engine.train_groups(
+            dataset, name, [(hyper, seeds) for hyper in settings.values()]
+            + [(grid_hyper, grid_seeds), ground_truth.with_seeds(draws, params)], params.train)
         runs = dict(zip(settings, trained))
-        finals[name] = {family: r.final_loss for family, r in runs.items()}
+        scores[name] = {family: r.scored() for family, r in runs.items()}
+        start_losses.append(runs["tuned"].initial_loss)
         for family, result in runs.items():
             rows["curves"] += _curve_rows(family, name, seeds, result, floor)
             kept = ~result.diverged  # means over the seeds that did not diverge (all, unless one did)
@@ -94,19 +101,35 @@ def evaluate(dataset: Dataset, params: Params, studies_dir: Path, out_dir: Path 
         eff_mean[name] = tuned.effective_lr[kept].mean(axis=(0, 2)) if kept.any() else convergence[name]
         keras_gap = _keras_runs(dataset, name, best["hyperparams"], seeds, tuned, params, floor, rows["curves"])
 
+        # The divergence penalty on the study's seeds: their loss at the start of training.
+        penalty = float(grid_runs.initial_loss[: params.study.seeds_per_trial].mean())
         grid_rows = landscape.landscape(name, points, grid_runs, params)
         rows["landscape"] += grid_rows
-        finite = [r for r in grid_rows if not r["diverged"]]
-        optimum = min(finite, key=lambda r: r["objective"]) if finite else None
-        optimum_value = optimum["objective"] if optimum else math.nan
-        side, dims = landscape.grid_side(len(opt.hyperparams), ev), len(opt.hyperparams)
+        grid_best = min(grid_rows, key=lambda r: r["objective"])
+        trial_values = np.array([float(t["objective"]) if t["objective"] else penalty for t in trials])
+        center = min([(grid_best["objective"], {h: grid_best[h] for h in opt.hyperparams}),
+                      (best["value"], best["hyperparams"])], key=lambda c: c[0])[1]
+        fine = ground_truth.refinement(name, center, params)
+        fine_values = ground_truth.objective(engine.train(dataset, name, *ground_truth.with_seeds(fine, params),
+                                                          params.train), params)
+        sampler_rows = samplers.compare(dataset, name, params, penalty)
+        rows["samplers"] += sampler_rows
+        i = int(np.argmin(fine_values))
+        known = ground_truth.best_known(
+            [(grid_best["objective"], {h: grid_best[h] for h in opt.hyperparams}, "grid"),
+             (fine_values[i], {h: v[i] for h, v in fine.items()}, "refinement"),
+             (best["value"], best["hyperparams"], "study")]
+            + [(r["best_so_far"], r["hyperparams"], f"{r['sampler']} sampler") for r in sampler_rows])
+        optimum = known["value"]
+        for r in sampler_rows:
+            r["regret"] = r["best_so_far"] - optimum
+            del r["hyperparams"]
         random_curve, random_summary = comparisons.random_search(
-            np.array([r["objective"] for r in grid_rows]), side, dims, params.study.n_trials, optimum_value, floor)
-        budget = landscape.budget_curve(trials, optimum_value)
+            ground_truth.objective(draw_runs, params), params.study.n_trials, optimum, floor, penalty,
+            params.study.seed, name)
+        budget = landscape.budget_curve(trial_values, optimum)
         rows["budget"] += [{"optimizer": name, **row, "random_search_expected_best": float(v)}
                            for row, v in zip(budget, random_curve)]
-        sampler_rows = samplers.compare(dataset, name, params, optimum_value)
-        rows["samplers"] += sampler_rows
         sampler_summary = samplers.summarise(sampler_rows, random_curve, params.study.n_trials)
         study_curve = np.array([r["best_so_far"] for r in budget])
         random_summary["study_trials_to_match"] = statistics.budget_to_reach(study_curve, random_curve[-1])
@@ -119,22 +142,28 @@ def evaluate(dataset: Dataset, params: Params, studies_dir: Path, out_dir: Path 
         reach = {f: examples_to_floor(r, floor, ev.floor_tolerance) for f, r in runs.items()}
         summary[name] = {
             **{f"{family}_hyperparams": hyper for family, hyper in settings.items()},
-            **{f"{family}_final_loss": mean_ci(r.final_loss) for family, r in runs.items()},
+            **{f"{family}_final_loss": mean_ci(r.final_loss, r.initial_loss) for family, r in runs.items()},
             **{f"{family}_diverged_seeds": int(r.diverged.sum()) for family, r in runs.items()},
             **{f"{family}_examples_to_floor": _reach_summary(reach[family], len(seeds)) for family in runs},
             "trials": len(trials),
             "diverged_trials": sum(t["diverged"] == "1" for t in trials),
+            "divergence_penalty": penalty,
             "study_best": best["value"],
             "grid_points": len(grid_rows),
-            "grid_optimum": optimum["objective"] if optimum else None,
-            "grid_optimum_hyperparams": {h: optimum[h] for h in opt.hyperparams} if optimum else None,
-            "regret": None if optimum is None else best["value"] - optimum_value,
+            "grid_optimum": grid_best["objective"],
+            "grid_optimum_hyperparams": {h: grid_best[h] for h in opt.hyperparams},
+            "best_known": known,
+            "regret": best["value"] - optimum,
             "keras_max_abs_diff": keras_gap,
             "random_search": random_summary,
             "samplers": sampler_summary,
         }
-    result = {"floor": floor, "seeds": seeds.tolist(), "floor_tolerance": ev.floor_tolerance, "optimizers": summary,
-              "comparisons": comparisons.paired_comparisons(finals, np.random.default_rng(ev.first_seed))}
+    start = float(np.mean(start_losses))
+    margin = ev.equivalence_margin * (start - floor)
+    result = {"floor": floor, "seeds": seeds.tolist(), "floor_tolerance": ev.floor_tolerance,
+              "divergence_rule": DIVERGENCE_RULE, "initial_loss": start,
+              "equivalence_margin": {"fraction": ev.equivalence_margin, "absolute": margin},
+              "optimizers": summary, "comparisons": comparisons.paired_comparisons(scores, margin, ev.first_seed)}
     examples = tuned.examples
     for name in ("curves", "coordinates", "landscape", "budget", "samplers", "quadratic"):
         _write_csv(out_dir / f"{name}.csv", rows[name])

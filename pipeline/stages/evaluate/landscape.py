@@ -43,9 +43,8 @@ def landscape(optimizer: str, points: dict, result: engine.TrainResult, params: 
     """The study's objective at each grid point, from the runs of landscape_grid: its minimum is
     ground truth for the study."""
     k = len(next(iter(points.values())))
-    score = result.score(params.study.objective).reshape(k, -1)
+    value = result.scored(params.study.objective).reshape(k, -1).mean(axis=1)  # a diverged seed: its initial loss
     diverged = result.diverged.reshape(k, -1).any(axis=1)
-    value = np.where(diverged, np.nan, score.mean(axis=1))
     return [{"optimizer": optimizer, **{h: v[i] for h, v in points.items()}, "objective": value[i],
              "diverged": int(diverged[i])} for i in range(k)]
 
@@ -73,11 +72,10 @@ def _log_comb(n, k):
     return np.where(n >= k, value, -np.inf)
 
 
-def budget_curve(trials: list, optimum: float) -> list:
+def budget_curve(values: np.ndarray, optimum: float) -> list:
     """Best-so-far by trial number (what TPE did) and the expected best of b of the study's own
     trials drawn without replacement (Tang et al.'s unbiased estimator; not random search, since
-    TPE's trials are not a random sample of the space)."""
-    values = np.array([float(t["objective"]) if t["objective"] else np.inf for t in trials])
+    TPE's trials are not a random sample of the space). values: the trials' objective, penalized."""
     budgets = np.arange(1, len(values) + 1)
     expected = expected_best_without_replacement(values, budgets)
     best_so_far = np.minimum.accumulate(values)

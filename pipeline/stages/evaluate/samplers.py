@@ -25,8 +25,10 @@ SAMPLERS = {
 }
 
 
-def compare(dataset: Dataset, optimizer: str, params: Params, optimum: float) -> list:
-    """Rows (optimizer, sampler, repeat, trials, best_so_far, regret) for every budget 1..n_trials."""
+def compare(dataset: Dataset, optimizer: str, params: Params, penalty: float) -> list:
+    """Rows (optimizer, sampler, repeat, trials, best_so_far, hyperparams of that best) for every
+    budget 1..n_trials. A diverged trial is told PRUNED, as in the study, and scores `penalty`
+    (the initial loss) in best_so_far, the one divergence rule."""
     p = params.study
     seeds = np.arange(p.seeds_per_trial)
     keys = [(name, r) for name in SAMPLERS for r in range(params.evaluate.sampler_repeats)]
@@ -35,7 +37,7 @@ def compare(dataset: Dataset, optimizer: str, params: Params, optimum: float) ->
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         studies = {(name, r): optuna.create_study(direction="minimize", sampler=SAMPLERS[name](p.seed * 1000 + r))
                    for name, r in keys}
-        best = {key: np.inf for key in keys}
+        best = {key: (np.inf, {}) for key in keys}
         rows = []
         for t in range(1, p.n_trials + 1):
             asked = {key: studies[key].ask() for key in keys}
@@ -48,12 +50,14 @@ def compare(dataset: Dataset, optimizer: str, params: Params, optimum: float) ->
             for i, key in enumerate(keys):
                 if diverged[i]:  # as in the study: PRUNED, which TPE ranks below every completed trial
                     studies[key].tell(asked[key], state=TrialState.PRUNED)
+                    value = penalty
                 else:
                     value = float(score[i].mean())
                     studies[key].tell(asked[key], value)
-                    best[key] = min(best[key], value)
+                if value < best[key][0]:
+                    best[key] = (value, hypers[key])
                 rows.append({"optimizer": optimizer, "sampler": key[0], "repeat": key[1], "trials": t,
-                             "best_so_far": best[key], "regret": best[key] - optimum})
+                             "best_so_far": best[key][0], "hyperparams": best[key][1]})
     return rows
 
 

@@ -152,7 +152,7 @@ def render(d: Inputs, out_dir: Path, commit: str) -> dict:
     once per format anyway, and the two halves take about as long as each other."""
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    text = {"findings": findings.key_findings(d), "setup": setup_lines(d, commit), "tables": tables(d)}
+    text = {"findings": findings.key_findings(d.summary, d.optimizers, d.params.study.n_trials), "setup": setup_lines(d, commit), "tables": tables(d)}
     with fileio.atomic_path(out_dir / "report.pdf") as tmp_pdf:
         pdf_writer = multiprocessing.get_context("fork").Process(target=_write_pdf, args=(d, tmp_pdf, text),
                                                                  name="report-pdf")

@@ -31,10 +31,10 @@ def fmt_hyper(h: dict) -> str:
 
 
 def fmt_loss(stat: dict, digits: int = 5) -> str:
-    """mean +/- half-width, and how many seeds diverged (left out of both)."""
-    if stat["mean"] is None:
-        return f"all {stat['seeds']} seeds diverged"
+    """mean +/- half-width over every seed (a diverged one scoring its initial loss), and how many diverged."""
     text = f"{stat['mean']:.{digits}f}" + (f" +/- {stat['ci95']:.{digits}f}" if stat["ci95"] is not None else "")
+    if stat["diverged_seeds"] == stat["seeds"]:
+        return f"{text} (all {stat['seeds']} seeds diverged)"
     return text + (f" ({stat['diverged_seeds']} of {stat['seeds']} seeds diverged)" if stat["diverged_seeds"] else "")
 
 
@@ -192,7 +192,8 @@ def fig_landscape(d):
     for ax, o in zip(axes, shown):
         a, b = optimizers.get(o).hyperparams[:2]
         land = d.landscape[d.landscape.optimizer == o]
-        z = land.pivot_table(index=b, columns=a, values="objective", aggfunc="min")
+        land = land.assign(objective=land.objective.where(land.diverged == 0))  # diverged: blank, not its penalty
+        z = land.pivot_table(index=b, columns=a, values="objective", aggfunc="min", dropna=False)
         xa, xlabel, xscale = _axis(d, a, z.columns)
         yb, ylabel, yscale = _axis(d, b, z.index)
         mesh = ax.pcolormesh(xa, yb, np.log10(z.values - d.floor), shading="nearest", cmap="viridis")
@@ -206,9 +207,10 @@ def fig_landscape(d):
         ax.set_xlabel(xlabel, fontsize=7)
         ax.set_ylabel(ylabel, fontsize=7)
         fig.colorbar(mesh, ax=ax)
-        regret = d.opt[o]["regret"]
+        known = d.opt[o]["best_known"]
         notes.append(f"{label(o)}: {d.opt[o]['grid_points']} grid points, study best {fmt_hyper(best)}, grid optimum "
-                     f"{fmt_hyper(grid_best or {})}, regret {regret:.2e}")
+                     f"{fmt_hyper(grid_best or {})}, best known {known['value']:.6f} (from the {known['source']}), "
+                     f"study regret {d.opt[o]['regret']:.2e}")
     fig.tight_layout()
     return fig, (f"log10(objective - floor) over each optimizer's first two hyperparameters on the landscape grid "
                  f"(a third is set to its best grid value at each point; blank = diverged), with the study's trials "

@@ -2,69 +2,106 @@
 the evaluation wrote (reports/summary.json), never written by hand."""
 from pipeline.stages.report.figures import fmt_hyper, fmt_loss, label
 
-ALPHA = 0.05  # the level at which a Holm-adjusted p-value is called significant
+ALPHA = 0.05  # the level at which a Holm-adjusted p-value is called significant (statistics.ALPHA)
 
 
-def _diff(t: dict) -> str:
-    low, high = t["ci95"]
-    return f"{t['mean_diff']:+.2e} (95% CI {low:+.2e} to {high:+.2e})"
+def _interval(t: dict) -> str:
+    low, high = t["ci"]
+    return f"{t['estimate']:+.2e} (95% CI {low:+.2e} to {high:+.2e})"
 
 
 def _p(t: dict) -> str:
-    return f"Wilcoxon p = {t['p']:.3g}, Holm-adjusted {t['p_holm']:.3g}, {t['seeds']} paired seeds"
+    return (f"Wilcoxon p = {t['p']:.3g}, Holm-adjusted {t['p_holm']:.3g} in the family of {t['family_size']} "
+            f"{t['family']}; {t['seeds']} paired seeds")
 
 
-def key_findings(d) -> list:
-    c, opt, names = d.summary["comparisons"], d.opt, d.optimizers
-    lines = []
-    p_best = c["probability_best"]
-    ranked = sorted((o for o in names if opt[o]["tuned_final_loss"]["mean"] is not None),
-                    key=lambda o: opt[o]["tuned_final_loss"]["mean"])
-    if ranked:
-        win = ranked[0]
-        text = (f"Lowest tuned final loss: {label(win)}, {opt[win]['tuned_final_loss']['mean']:.5f} over "
-                f"{len(d.summary['seeds'])} evaluation seeds; it is the best in {p_best[win]:.0%} of bootstrap "
-                f"resamples of the seeds.")
-        if len(ranked) > 1:
-            second = ranked[1]
-            t = c["pairs"].get(f"{win}_vs_{second}") or _flip(c["pairs"][f"{second}_vs_{win}"])
-            if t["mean_diff"] is not None:
-                verdict = "a significant" if t["p_holm"] < ALPHA else "not a significant"
-                text += (f" Against {label(second)}, the runner-up, the paired difference is {_diff(t)}: "
-                         f"{verdict} difference ({_p(t)}).")
-        lines.append(text)
+def verdict_phrase(t: dict, a: str, margin: float) -> str:
+    """What a comparison a - b says, in words: each of the four verdicts, never a tie for a loss."""
+    return {
+        "better": f"{a} is significantly better",
+        "worse": f"{a} is significantly worse",
+        "equivalent": f"practically equivalent (the interval lies inside the equivalence margin of +-{margin:.1e})",
+        "inconclusive": f"inconclusive (not significant, and the interval reaches past the equivalence margin of "
+                        f"+-{margin:.1e})",
+    }[t["verdict"]]
+
+
+def key_findings(summary: dict, names: list, n_trials: int) -> list:
+    """The report's key findings, every word chosen by a number in summary.json."""
+    c, opt = summary["comparisons"], summary["optimizers"]
+    margin = summary["equivalence_margin"]["absolute"]
+    lines = [f"Divergence rule: {summary['divergence_rule']}."]
+    ranked = sorted(names, key=lambda o: opt[o]["tuned_final_loss"]["mean"])
+    win, p_best = ranked[0], c["probability_best"]
+    tied = [o for o in ranked if opt[o]["tuned_final_loss"]["mean"] == opt[win]["tuned_final_loss"]["mean"]]
+    head = f"tied between {_names(tied)}" if len(tied) > 1 else label(win)
+    diverged = opt[win]["tuned_final_loss"]["diverged_seeds"]
+    text = (f"Lowest tuned final loss: {head}, {opt[win]['tuned_final_loss']['mean']:.5f} over "
+            f"{len(summary['seeds'])} evaluation seeds"
+            + (f" ({diverged} of which diverged and score their initial loss)" if diverged else "")
+            + f"; it is the best in {p_best[win]:.0%} of bootstrap resamples of the seeds (ties shared).")
+    if len(ranked) > 1:
+        second = ranked[1]
+        t = c["pairs"].get(f"{win}_vs_{second}") or _flip(c["pairs"][f"{second}_vs_{win}"])
+        text += (f" Against {label(second)}, the runner-up, the paired difference (Hodges-Lehmann) is {_interval(t)}: "
+                 f"{verdict_phrase(t, label(win), margin)} ({_p(t)}).")
+    lines.append(text)
     for family, what in (("book", "the book's settings"), ("defaults", "the framework's default settings")):
         tests = c[f"tuned_vs_{family}"]
-        better = [o for o, t in tests.items() if t["mean_diff"] is not None and t["p_holm"] < ALPHA
-                  and t["mean_diff"] < 0]
-        rest = [o for o in tests if o not in better]
-        text = f"Tuning beat {what} significantly for {_names(better) or 'no optimizer'}"
-        if better:
-            text += " (" + "; ".join(f"{label(o)} {tests[o]['mean_diff']:+.2e}, Holm p {tests[o]['p_holm']:.3g}"
-                                     for o in better) + ")"
-        lines.append(text + (f"; not for {_names(rest)}." if rest else "."))
-    n = d.params.study.n_trials
+        parts = []
+        for verdict, words in (("better", "better"), ("worse", "worse"), ("equivalent", "practically equivalent"),
+                               ("inconclusive", "inconclusive")):
+            found = [o for o in names if tests[o]["verdict"] == verdict]
+            if found:
+                numbers = "; ".join(f"{label(o)} {tests[o]['estimate']:+.2e}, Holm p {tests[o]['p_holm']:.3g}"
+                                    for o in found) if verdict in ("better", "worse") else ""
+                parts.append(f"{words} for {_names(found)}" + (f" ({numbers})" if numbers else ""))
+        lines.append(f"Tuned against {what}: " + "; ".join(parts) + ".")
+    lines.append(_power(c, summary))
     for o in names:
-        rs, s = opt[o]["random_search"], opt[o]["samplers"]
-        within = rs["budget_to_within"]
-        reach = "; ".join(f"within {float(a):.0%} of the grid optimum's excess loss in "
-                          f"{b if b is not None else f'more than {n}'} trials" for a, b in within.items())
-        tpe = s["tpe"]["trials_to_match_random_search"]
-        first = min(s, key=lambda k: (s[k]["trials_to_match_random_search"] or n + 1, s[k]["median_final_regret"]))
-        if first == "cmaes" and len(opt[o]["tuned_hyperparams"]) == 1:
-            first = "cmaes (which samples at random on a one-dimensional space, with its own seeds)"
-        lines.append(f"{label(o)}: random search on the grid is expected to come {reach}. TPE (median of "
-                     f"{s['tpe']['repeats']} seeds) reaches what random search expects in {n} trials after "
-                     f"{tpe if tpe is not None else f'more than {n}'}; the study itself after "
-                     f"{rs['study_trials_to_match'] if rs['study_trials_to_match'] is not None else f'more than {n}'}. "
-                     f"Of the samplers, {first} got there first.")
+        lines.append(_search(o, opt[o], n_trials))
     return lines
 
 
+def _power(c: dict, summary: dict) -> str:
+    """What the seeds allow: the smallest p attainable and whether the largest family can reach ALPHA."""
+    tests = [t for group in ("pairs", "tuned_vs_book", "tuned_vs_defaults") for t in c[group].values()]
+    worst = max(tests, key=lambda t: t["smallest_p"] * t["family_size"])
+    reach = worst["smallest_p"] * worst["family_size"]
+    can = "can" if reach < ALPHA else "cannot"
+    return (f"Each comparison pairs {len(summary['seeds'])} seeds; the smallest two-sided p the exact Wilcoxon test "
+            f"can give with {worst['nonzero_pairs']} non-zero differences is {worst['smallest_p']:.2g}, so in its "
+            f"family of {worst['family_size']} a difference {can} reach Holm-adjusted significance "
+            f"(best case {min(1.0, reach):.2g} against {ALPHA})"
+            + ("." if can == "can" else ": raise evaluate.seeds to decide."))
+
+
+def _search(o: str, s: dict, n: int) -> str:
+    rs, samplers = s["random_search"], s["samplers"]
+    reach = "; ".join(f"within {float(a):.0%} of the best known value's excess loss in "
+                      f"{b if b is not None else f'more than {n}'} trials" for a, b in rs["budget_to_within"].items())
+    tpe = samplers["tpe"]["trials_to_match_random_search"]
+    matched = {k: v["trials_to_match_random_search"] for k, v in samplers.items()
+               if v["trials_to_match_random_search"] is not None}
+    if matched:
+        fastest = min(matched.values())
+        first = [k for k, v in matched.items() if v == fastest]
+        if "cmaes" in first and len(s["tuned_hyperparams"]) == 1:
+            first[first.index("cmaes")] = "cmaes (which samples at random on a one-dimensional space)"
+        race = f"Of the samplers, {', '.join(first)} reached it first, after {fastest} trials."
+    else:
+        race = f"No sampler reached what random search expects in {n} trials within {n} trials."
+    return (f"{label(o)}: random search is expected to come {reach} (tunability area {rs['normalized_area']:.3f}, "
+            f"0 = the first draw is optimal). TPE (median of {samplers['tpe']['repeats']} seeds) reaches what random "
+            f"search expects in {n} trials after {tpe if tpe is not None else f'more than {n}'}; the study itself "
+            f"after {rs['study_trials_to_match'] if rs['study_trials_to_match'] is not None else f'more than {n}'}. "
+            + race)
+
+
 def _flip(t: dict) -> dict:
-    if t["mean_diff"] is None:
-        return t
-    return {**t, "mean_diff": -t["mean_diff"], "ci95": [-t["ci95"][1], -t["ci95"][0]]}
+    flipped = {"better": "worse", "worse": "better"}
+    return {**t, "estimate": -t["estimate"], "ci": [-t["ci"][1], -t["ci"][0]],
+            "verdict": flipped.get(t["verdict"], t["verdict"])}
 
 
 def _names(optimizers: list) -> str:
@@ -74,19 +111,15 @@ def _names(optimizers: list) -> str:
 def comparison_table(d) -> tuple:
     """Rows: every paired comparison (pairs of tuned optimizers, tuned vs book, tuned vs defaults)."""
     c = d.summary["comparisons"]
-    header = ["comparison", "mean difference (a - b)", "95% bootstrap CI", "Wilcoxon p", "Holm p", "seeds"]
-    rows = []
+    header = ["comparison", "Hodges-Lehmann estimate (a - b)", "95% CI (exact)", "Wilcoxon p", "Holm p", "family",
+              "seeds (smallest p)", "verdict"]
     named = [(f"{label(a)} - {label(b)} (tuned)", c["pairs"][f"{a}_vs_{b}"])
              for i, a in enumerate(d.optimizers) for b in d.optimizers[i + 1:]]
     named += [(f"{label(o)}: tuned - {family}", c[f"tuned_vs_{family}"][o])
               for family in ("book", "defaults") for o in d.optimizers]
-    for name, t in named:
-        if t["mean_diff"] is None:
-            rows.append([name, "n/a", "n/a", "n/a", "n/a", str(t["seeds"])])
-        else:
-            rows.append([name, f"{t['mean_diff']:+.2e}", f"{t['ci95'][0]:+.2e} to {t['ci95'][1]:+.2e}",
-                         f"{t['p']:.3g}", f"{t['p_holm']:.3g}", str(t["seeds"])])
-    return header, rows
+    return header, [[name, f"{t['estimate']:+.2e}", f"{t['ci'][0]:+.2e} to {t['ci'][1]:+.2e}", f"{t['p']:.3g}",
+                     f"{t['p_holm']:.3g}", f"{t['family']} ({t['family_size']})",
+                     f"{t['seeds']} ({t['smallest_p']:.1g})", t["verdict"]] for name, t in named]
 
 
 def sampler_table(d) -> tuple:
