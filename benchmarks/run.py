@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import engine as engine_bench  # noqa: E402  benchmarks/engine.py
 from pipeline.core import config, data, optimizers, tracking  # noqa: E402
-from pipeline.stages.study import trials as study  # noqa: E402
+from pipeline.stages import study  # noqa: E402
 from pipeline.stages.study import storage as study_storage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def bench_study(ds, params, n_trials, seeds_per_trial=3):
         storage = study_storage.open_storage("journal", "rmsprop", p.study, Path(tmp))
         start = time.perf_counter()
         with tracking.Tracker(f"sqlite:///{tmp}/mlflow.db", "benchmark") as tracker:
-            _, _, timings = study.run_study("rmsprop", p, ds, storage, tracker, {})
+            _, _, timings = study.run_with(tracker, "rmsprop", p, ds, storage, {})
         wall = time.perf_counter() - start
     steady = timings[1:] or timings
     parts = {k: 1000 * statistics.mean(t[k] for t in steady)

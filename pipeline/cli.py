@@ -121,12 +121,12 @@ def cmd_study(args, params: config.Params) -> None:
                                          args.params, progress, _source_tags(params))
     if outcome is None:
         return
-    m = outcome["metrics"]
+    m = outcome.metrics
     # The median: the mean would carry the first trial's one-off compilation (about a second).
     per_trial = f", {1000 * np.median([t['total'] for t in timings]):.1f} ms/trial (median)" if timings else ""
     extra = f", {m['extra_trials']} extra not counted" if m["extra_trials"] else ""
     print(f"{result.study_name}: best {params.study.objective} {m['best_value']:.6f} "
-          f"with {outcome['best'].user_attrs['result']['hyperparams']}; {m['trials']} trials "
+          f"with {outcome.best_hyperparams}; {m['trials']} trials "
           f"({m['diverged']} diverged, {len(timings)} run by this worker{per_trial}{extra})")
 
 
@@ -174,25 +174,19 @@ def cmd_ui(args, params: config.Params) -> None:
                        env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri})
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _checked(convert, ok, needs: str):
+    """An argparse type: convert, then refuse what `ok` rejects, saying what it `needs` to be."""
+    def parse(text: str):
+        value = convert(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{needs}, got {text}")
+        return value
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _unit_interval(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
-    return value
+_positive_int = _checked(int, lambda v: v > 0, "must be a positive integer")
+_positive_float = _checked(float, lambda v: v > 0, "must be positive")
+_unit_interval = _checked(float, lambda v: 0 < v < 1, "must lie strictly between 0 and 1")
 
 
 class _Parser(argparse.ArgumentParser):

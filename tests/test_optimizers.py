@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.core import engine, optimizers, quadratic, reference
+from pipeline.core import engine, optimizers, pieces, quadratic, reference
 
 ALL = sorted(optimizers.OPTIMIZERS)
 WITH_KERAS = [name for name in ALL if optimizers.get(name).keras is not None]
@@ -117,6 +117,9 @@ def test_effective_lr_is_read_from_state():
     _, state = rms.update(g, rms.init(g), hyper)
     np.testing.assert_allclose(rms.effective_lr(state, hyper).numpy(),
                                0.1 / np.sqrt(0.1 * np.array([[4.0, 0.25]]) + 1e-6), rtol=1e-6)
+    assert isinstance(state[0], pieces.SquaresState) and state[0]._fields == ("s",)  # named, like optax's
+    adam_state = optimizers.get("adam").init(g)[0]
+    assert isinstance(adam_state, pieces.AdamState) and adam_state._fields == ("t", "v", "s")
     ada = optimizers.get("adagrad")
     _, state = ada.update(g, ada.update(tf.ones_like(g), ada.init(g), hyper)[1], hyper)
     np.testing.assert_allclose(ada.effective_lr(state, hyper).numpy(),

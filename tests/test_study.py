@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from pipeline.core import config, tracking
+from pipeline.stages import study as study_stage
 from pipeline.stages.study import mirror, trials as study, outputs as study_outputs
 from pipeline.stages.study import storage as storage_mod
 from pipeline.core.errors import PipelineError
@@ -33,7 +34,7 @@ def run(optimizer, params, dataset, root, storage="journal", summary=False):
     """The study command's work, in-process: storage and MLflow under root."""
     with tracking.Tracker(f"sqlite:///{root}/mlflow.db", "test") as tracker:
         opened = storage_mod.open_storage(storage, optimizer, params.study, root)
-        result, sink, timings = study.run_study(optimizer, params, dataset, opened, tracker, {"storage": storage})
+        result, sink, timings = study_stage.run_with(tracker, optimizer, params, dataset, opened, {"storage": storage})
         parent = sink.parent_id
         outcome = study_outputs.write_outputs(result, optimizer, params, root / optimizer, timings)
         if summary:
@@ -80,7 +81,7 @@ def test_trials_are_logged_to_mlflow_under_one_parent(params, dataset, tmp_path)
     parents = client.search_runs([exp], "tags.run_type = 'study'")
     assert [r.info.run_id for r in parents] == [parent]
     assert parents[0].info.status == "FINISHED"
-    assert parents[0].data.metrics["best_value"] == pytest.approx(outcome["best"].value)
+    assert parents[0].data.metrics["best_value"] == pytest.approx(outcome.best.value)
     artifacts = {a.path for a in client.list_artifacts(parent)}
     assert {"optimization_history.png", "slice.png", "lr_gamma_contour.png"} <= artifacts
     children = child_runs(client, parent)
@@ -106,8 +107,8 @@ def test_diverged_trials_are_pruned_with_reason_and_never_win(params, dataset, t
     assert failed and all(t.state == TrialState.PRUNED for t in failed)  # PRUNED: TPE ranks them below the rest
     assert all(storage_mod.failure(t) == storage_mod.Failure.DIVERGED for t in failed)
     assert all(t.user_attrs["fail_reason"].startswith("diverged") for t in failed)
-    assert outcome["metrics"]["diverged"] == len(failed) and outcome["metrics"]["trials"] == 8
-    assert outcome["best"].state == TrialState.COMPLETE
+    assert outcome.metrics["diverged"] == len(failed) and outcome.metrics["trials"] == 8
+    assert outcome.best.state == TrialState.COMPLETE
     rows = read_csv(tmp_path / "sgd/trials.csv")
     assert sum(r["diverged"] == "1" for r in rows) == len(failed)
     assert all(r["objective"] == "" for r in rows if r["diverged"] == "1")
@@ -310,18 +311,78 @@ def test_trial_failed_as_stale_just_before_its_tell_is_left_to_the_other_worker(
     p = with_study(params, n_trials=3, seeds_per_trial=1)
     store = storage_mod.open_storage(f"sqlite:///{tmp_path}/s.db", "sgd", p.study)
     with tracking.Tracker(f"sqlite:///{tmp_path}/mlflow.db", "test") as tracker:
-        session = study.start("sgd", p, dataset, store, tracker, {})
-        real_tell, victim = session.study.tell, []
+        opened, created = study.open_study("sgd", p, dataset, store)
+        sink = mirror.Mirror.attach(tracker, opened, created, "sgd", p, {})
+        real_tell, victim = opened.tell, []
 
         def fail_then_tell(trial, *args, **kwargs):  # the other worker's stale check lands just before
             if not victim and kwargs.get("state") is None:
                 victim.append(trial.number)
-                store.set_trial_state_values(storage_mod.trial_id(store, session.study, trial.number), TrialState.FAIL)
+                store.set_trial_state_values(storage_mod.trial_id(store, opened, trial.number), TrialState.FAIL)
             return real_tell(trial, *args, **kwargs)
 
-        session.study.tell = fail_then_tell
-        runner = study.TrialRunner("sgd", p, dataset, store, tracker, session.parent_id)
-        timings = study.run_trials(session, runner, 3, p.study.grace_s)
-    trials = session.study.get_trials()
+        opened.tell = fail_then_tell
+        timings = study.run_trials(opened, "sgd", p, dataset, store, sink)
+    trials = opened.get_trials()
     assert trials[victim[0]].state == TrialState.FAIL  # the other worker's verdict stands
     assert sum(study.is_counted(t) for t in trials) == 3 and len(timings) == 3  # and this worker went on
+
+
+class RecordingSink:
+    """A sink with the shape of an Optuna callback that only records what the loop hands it."""
+
+    def __init__(self):
+        self.finished, self.synced, self.aborted = [], 0, 0
+
+    def on_finished(self, study, trial):
+        self.finished.append((trial.number, trial.state))
+
+    def sync(self, study):
+        self.synced += 1
+
+    def abort(self):
+        self.aborted += 1
+
+    def background_seconds(self, number):
+        return 0.0
+
+
+def test_the_trial_loop_hands_each_finished_trial_to_its_sink_and_knows_no_mlflow(params, dataset, tmp_path):
+    import ast
+    from pathlib import Path
+
+    p = with_study(params, n_trials=4, seeds_per_trial=1, search_space={
+        **params.study.search_space, "lr": config.Range(0.5, 10.0, "log")})  # some diverge, all are handed over
+    store = storage_mod.open_storage("journal", "sgd", p.study, tmp_path)
+    opened, created = study.open_study("sgd", p, dataset, store)
+    sink = RecordingSink()
+    timings = study.run_study(opened, "sgd", p, dataset, store, sink)
+    told = opened.get_trials()
+    assert created and len(told) == 4 and len(timings) == 4
+    assert sink.finished == [(t.number, t.state) for t in told] and sink.synced == 1 and sink.aborted == 0
+    assert {state for _, state in sink.finished} <= {TrialState.COMPLETE, TrialState.PRUNED}
+
+    source = ast.parse(Path(study.__file__).read_text())
+    imported = {a.name for n in ast.walk(source) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(source) if isinstance(n, ast.ImportFrom)}
+    imported |= {f"{n.module}.{a.name}" for n in ast.walk(source) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert not [m for m in imported if "mlflow" in m or "tracking" in m or "mirror" in m], imported
+
+
+def test_an_interrupted_trial_is_failed_handed_to_the_sink_and_the_sink_aborts(params, dataset, tmp_path, monkeypatch):
+    p = with_study(params, n_trials=4, seeds_per_trial=1)
+    store = storage_mod.open_storage("journal", "sgd", p.study, tmp_path)
+    opened, _ = study.open_study("sgd", p, dataset, store)
+    real = study.search.evaluate_trial
+
+    def stop_on_the_third(hyper, *args):
+        if len(opened.get_trials()) == 3:
+            raise KeyboardInterrupt
+        return real(hyper, *args)
+
+    monkeypatch.setattr(study.search, "evaluate_trial", stop_on_the_third)
+    sink = RecordingSink()
+    with pytest.raises(KeyboardInterrupt):
+        study.run_study(opened, "sgd", p, dataset, store, sink)
+    assert [state for _, state in sink.finished] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]
+    assert opened.get_trials()[2].user_attrs["failure"] == "interrupted" and sink.aborted == 1

@@ -14,6 +14,7 @@ import yaml
 
 from pipeline.core import config, data, optimizers, pieces, tracking
 from pipeline.stages import evaluate, prepare, report
+from pipeline.stages import study as study_stage
 from pipeline.stages.evaluate import landscape
 from pipeline.stages.study import storage, trials as study, outputs as study_outputs
 from conftest import ROOT, cli, prepared_project, read_csv, run_env
@@ -98,7 +99,7 @@ def run_pipeline(params: config.Params, dataset: data.Dataset, root) -> tuple:
     with tracking.Tracker(f"sqlite:///{root}/mlflow.db", params.mlflow.experiment) as tracker:
         for o in params.study.optimizers:
             store = storage.open_storage(params.study.storage, o, params.study, root / "studies")
-            result, sink, timings = study.run_study(o, params, dataset, store, tracker, {})
+            result, sink, timings = study_stage.run_with(tracker, o, params, dataset, store, {})
             outcome = study_outputs.write_outputs(result, o, params, root / "studies" / o, timings)
             study_outputs.log_study_summary(tracker, sink.parent_id, result, o, outcome, params)
     summary = evaluate.evaluate(dataset, params, root / "studies", root / "reports/evaluation",

@@ -27,8 +27,34 @@ ADADELTA_EPS = 1e-5  # the book's, inside both square roots
 ADAM_EPS = 1e-6  # the book's, added to sqrt(s_hat)
 YOGI_EPS = 1e-3  # the book's
 
-State = tuple  # nested tuples of tensors shaped like the parameters
 Hyper = dict  # name -> (K, 1) tensor
+
+
+# Each transform's state, named like optax's (ScaleByAdamState): tensors shaped like the parameters.
+class EmptyState(NamedTuple):
+    """A transform that keeps nothing (the learning-rate scale, the descent step)."""
+
+
+class TraceState(NamedTuple):
+    velocity: "tf.Tensor"  # momentum's v
+
+
+class SquaresState(NamedTuple):
+    s: "tf.Tensor"  # Adagrad's sum, RMSProp's leaky average of squared gradients
+
+
+class AdadeltaState(NamedTuple):
+    s: "tf.Tensor"  # leaky average of squared gradients
+    dx: "tf.Tensor"  # leaky average of squared steps
+
+
+class AdamState(NamedTuple):
+    t: "tf.Tensor"  # steps taken, for the bias correction
+    v: "tf.Tensor"  # leaky average of gradients (momentum)
+    s: "tf.Tensor"  # leaky average of squared gradients (Yogi's own average for Yogi)
+
+
+State = NamedTuple  # a transform's state above, or a chain's tuple of them
 
 
 class Transform(NamedTuple):
@@ -59,32 +85,31 @@ def _zeros(params):
 
 def scale_by_learning_rate() -> Transform:
     """The descent step: -lr * u."""
-    return Transform(("lr",), lambda params: (), lambda u, state, h: (-h["lr"] * u, state),
+    return Transform(("lr",), lambda params: EmptyState(), lambda u, state, h: (-h["lr"] * u, state),
                      lambda state, h: h["lr"])
 
 
 def descend() -> Transform:
     """The descent step without a learning rate (Adadelta's): -u."""
-    return Transform((), lambda params: (), lambda u, state, h: (-u, state))
+    return Transform((), lambda params: EmptyState(), lambda u, state, h: (-u, state))
 
 
 def trace(decay: str) -> Transform:
     """Momentum's velocity v = decay * v + g (no 1 - decay factor: the book's heavy ball)."""
     def update(u, state, h):
-        (v,) = state
-        v = h[decay] * v + u
-        return v, (v,)
-    return Transform((decay,), lambda params: (_zeros(params),), update)
+        v = h[decay] * state.velocity + u
+        return v, TraceState(v)
+    return Transform((decay,), lambda params: TraceState(_zeros(params)), update)
 
 
 def _preconditioner(accumulate, hyperparams: tuple, eps: float) -> Transform:
     """u / sqrt(s + eps), s accumulated from u^2 by accumulate(s, u^2, h)."""
-    scale = lambda state, h: 1.0 / tf.sqrt(state[0] + eps)  # noqa: E731
+    scale = lambda state, h: 1.0 / tf.sqrt(state.s + eps)  # noqa: E731
 
     def update(u, state, h):
-        s = accumulate(state[0], tf.square(u), h)
-        return u * scale((s,), h), (s,)
-    return Transform(hyperparams, lambda params: (_zeros(params),), update, scale)
+        state = SquaresState(accumulate(state.s, tf.square(u), h))
+        return u * scale(state, h), state
+    return Transform(hyperparams, lambda params: SquaresState(_zeros(params)), update, scale)
 
 
 def scale_by_sum_of_squares(eps: float = EPS) -> Transform:
@@ -99,31 +124,27 @@ def scale_by_rms(decay: str, eps: float = EPS) -> Transform:
 
 def scale_by_adadelta(rho: str, eps: float = ADADELTA_EPS) -> Transform:
     """Adadelta: g' = sqrt(dx + eps) / sqrt(s + eps) * g, with dx a leaky average of past g'^2."""
-    scale = lambda state, h: tf.sqrt(state[1] + eps) / tf.sqrt(state[0] + eps)  # noqa: E731
+    scale = lambda state, h: tf.sqrt(state.dx + eps) / tf.sqrt(state.s + eps)  # noqa: E731
 
     def update(u, state, h):
-        s, dx = state
-        s = leaky_average(s, tf.square(u), h[rho])
-        step = u * scale((s, dx), h)
-        return step, (s, leaky_average(dx, tf.square(step), h[rho]))
-    return Transform((rho,), lambda params: (_zeros(params), _zeros(params)), update, scale)
+        s = leaky_average(state.s, tf.square(u), h[rho])
+        step = u * scale(AdadeltaState(s, state.dx), h)
+        return step, AdadeltaState(s, leaky_average(state.dx, tf.square(step), h[rho]))
+    return Transform((rho,), lambda params: AdadeltaState(_zeros(params), _zeros(params)), update, scale)
 
 
 def scale_by_adam(beta1: str, beta2: str, second_moment=leaky_average, eps: float = ADAM_EPS) -> Transform:
     """Adam (and Yogi, with its own second moment): v_hat / (sqrt(s_hat) + eps), both averages
     bias-corrected with the step count t, which starts at 1."""
     def scale(state, h):
-        t, _, s = state
-        return 1.0 / (tf.sqrt(bias_corrected(s, h[beta2], t)) + eps)
+        return 1.0 / (tf.sqrt(bias_corrected(state.s, h[beta2], state.t)) + eps)
 
     def update(u, state, h):
-        t, v, s = state
-        t = t + 1.0
-        v = leaky_average(v, u, h[beta1])
-        s = second_moment(s, tf.square(u), h[beta2])
-        state = (t, v, s)
-        return bias_corrected(v, h[beta1], t) * scale(state, h), state
-    return Transform((beta1, beta2), lambda params: (_zeros(params), _zeros(params), _zeros(params)), update, scale)
+        state = AdamState(t=state.t + 1.0, v=leaky_average(state.v, u, h[beta1]),
+                          s=second_moment(state.s, tf.square(u), h[beta2]))
+        return bias_corrected(state.v, h[beta1], state.t) * scale(state, h), state
+    return Transform((beta1, beta2), lambda params: AdamState(_zeros(params), _zeros(params), _zeros(params)),
+                     update, scale)
 
 
 def chain(*transforms: Transform) -> Transform:

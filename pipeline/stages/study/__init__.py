@@ -1,11 +1,11 @@
 """`study` stage: one seeded Optuna study per optimizer, every trial mirrored to MLflow.
 
 Read in this order:
-  trials.py   a trial's life, from ask to tell to its MLflow run, and the loop over the budget
+  trials.py   the ask-and-tell loop over the budget, and a trial's life from ask to tell to its sink
   search.py   what a trial computes: sampler, objective, and the study's name
   labels.py   how a study is shown to people: MLflow run name, Optuna user attributes
   storage.py  the Optuna storage (journal file or RDB) and trials whose worker is gone
-  mirror.py   trials into MLflow, each logged once
+  mirror.py   the sink: each finished trial into MLflow exactly once, the study's parent run
   outputs.py  trials.csv, best.json, metrics.json, timings.csv, and the study's MLflow summary
   workers.py  helper processes for `--workers N`
 
@@ -36,7 +36,7 @@ def run(optimizer: str, params: Params, storage_url: str, tracking_uri: str, wor
             store = store or open_store()
             helpers = worker_processes.spawn(optimizer, workers - 1, storage_url, params_file)
         try:
-            from pipeline.stages.study import outputs, trials  # TensorFlow, while MLflow's process starts
+            from pipeline.stages.study import outputs  # TensorFlow, while MLflow's process starts
 
             tracker.ready()
             store = store or open_store()
@@ -47,7 +47,7 @@ def run(optimizer: str, params: Params, storage_url: str, tracking_uri: str, wor
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # one summary line per study, not per trial
         tags = {**tags, "storage": mask_url(storage_url)}
-        study, sink, timings = trials.run_study(optimizer, params, dataset, store, tracker, tags, progress, helpers)
+        study, sink, timings = run_with(tracker, optimizer, params, dataset, store, tags, progress, helpers)
         if sink.lost:
             sink.report_waiting(study)
         if helper:
@@ -56,3 +56,19 @@ def run(optimizer: str, params: Params, storage_url: str, tracking_uri: str, wor
         if not sink.lost:
             outputs.log_study_summary(tracker, sink.parent_id, study, optimizer, outcome, params)
     return study, outcome, timings
+
+
+def run_with(tracker, optimizer: str, params: Params, dataset, store, tags: dict, progress: bool = False,
+             helpers: list = ()) -> tuple:
+    """(study, its MLflow mirror, this worker's timings): the study opened or joined, its mirror
+    attached (parent run, dead workers' trials), and this worker's share of the budget run."""
+    from pipeline.stages.study import mirror, trials
+    from pipeline.stages.study import workers as worker_processes
+
+    try:
+        study, created = trials.open_study(optimizer, params, dataset, store)
+        sink = mirror.Mirror.attach(tracker, study, created, optimizer, params, tags)
+    except BaseException:
+        worker_processes.stop(helpers)
+        raise
+    return study, sink, trials.run_study(study, optimizer, params, dataset, store, sink, progress, helpers)

@@ -17,9 +17,10 @@ from pipeline.core import space
 from pipeline.core.config import Params
 from pipeline.core.errors import PipelineError
 from pipeline.core.tracking import Tracker
-from pipeline.stages.study import storage
+from pipeline.stages.study import labels, storage
 
 log = logging.getLogger(__name__)
+PARENT_ATTR = "mlflow_parent_run_id"  # study user attribute: the MLflow parent run every worker logs under
 
 
 class Mirror:
@@ -31,6 +32,30 @@ class Mirror:
     def __init__(self, tracker: Tracker, parent_id: str, optimizer: str, params: Params):
         self.tracker, self.parent_id, self.optimizer, self.params = tracker, parent_id, optimizer, params
         self.lost = None  # why MLflow stopped taking runs, once it did
+
+    @classmethod
+    def attach(cls, tracker: Tracker, study, created: bool, optimizer: str, params: Params, tags: dict) -> "Mirror":
+        """The study's mirror: its one parent run found or made, and the finished trials dead
+        workers left unlogged logged now. MLflow must work here, before any trial runs."""
+        tags = {**tags, "optimizer": optimizer, "params_digest": study.study_name.rsplit("-", 1)[1]}
+        parent_id = _parent_run(study, created, tracker, tags, params.study.grace_s, labels.run_name(optimizer, params))
+        synced = sync_mlflow(study, tracker, parent_id, optimizer, params)
+        if synced:
+            log.info("%s: %d finished trial(s) a dead worker had not logged now logged to MLflow", study.study_name,
+                     synced)
+        return cls(tracker, parent_id, optimizer, params)
+
+    def abort(self) -> None:
+        """On the way out of an interrupted study: the trials finished so far in, the parent run KILLED."""
+        try:
+            self.tracker.flush()
+            self.tracker.end(self.parent_id, "KILLED")
+        except Exception as e:  # do not hide why we stopped
+            log.warning("MLflow not updated on the way out: %s", e)
+
+    def background_seconds(self, number: int) -> float:
+        """How long MLflow's process took to write trial `number` (0 if not known)."""
+        return self.tracker.seconds.get(number, 0.0)
 
     def on_finished(self, study, trial) -> None:
         if self.lost is None:
@@ -58,6 +83,31 @@ class Mirror:
                     "tracking is back (Optuna keeps them; each is logged once)", len(waiting), study.study_name,
                     self.optimizer)
         return len(waiting)
+
+
+def _parent_run(study, created: bool, tracker: Tracker, tags: dict, wait_s: float, run_name: str) -> str:
+    """The study's one MLflow parent run. Optuna refuses a second study of the same name, so the
+    worker whose create_study succeeded creates the run and stores its id in the study; a worker
+    that arrives meanwhile waits for it. A resumed study reuses it (or finds it by name in this
+    tracking store, or gets a new one if the store changed)."""
+    if not created:
+        deadline = time.monotonic() + (0 if study.get_trials(deepcopy=False) else wait_s)
+        while True:
+            run_id = study.user_attrs.get(PARENT_ATTR)
+            if not (run_id and tracker.run_exists(run_id)):
+                run_id = tracker.find_study_run(study.study_name)  # the tracking store changed
+            if run_id:
+                if study.user_attrs.get(PARENT_ATTR) != run_id:
+                    study.set_user_attr(PARENT_ATTR, run_id)
+                tracker.reopen(run_id)
+                return run_id
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+    # A new study gets a new parent run, even if an old one (a deleted storage) has its name.
+    run_id = tracker.create_study_run(study.study_name, run_name, tags)
+    study.set_user_attr(PARENT_ATTR, run_id)
+    return run_id
 
 
 def run_status(trial) -> str:

@@ -8,6 +8,7 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import optuna
 from optuna.trial import TrialState
@@ -35,7 +36,19 @@ def _fmt(value) -> str:
 TIMING_FIELDS = ["number", "train", "optuna", "mlflow", "total", "mlflow_background"]
 
 
-def write_outputs(study: optuna.Study, optimizer: str, params: Params, out_dir: Path, timings: list) -> dict:
+class StudyOutcome(NamedTuple):
+    """What a finished study's outputs say: its best trial, its metrics.json and its edge warnings."""
+
+    best: optuna.trial.FrozenTrial
+    metrics: dict  # metrics.json: best_value, best_<h>, trials, complete, diverged, interrupted, extra_trials
+    warnings: list  # a best value at the edge of its range
+
+    @property
+    def best_hyperparams(self) -> dict:
+        return self.best.user_attrs["result"]["hyperparams"]
+
+
+def write_outputs(study: optuna.Study, optimizer: str, params: Params, out_dir: Path, timings: list) -> StudyOutcome:
     """trials.csv, best.json, metrics.json and timings.csv; every file written atomically."""
     opt = optimizers.get(optimizer)
     trials, extra = counted_trials(study, params.study.n_trials)
@@ -79,10 +92,10 @@ def write_outputs(study: optuna.Study, optimizer: str, params: Params, out_dir: 
         w = csv.DictWriter(f, TIMING_FIELDS, lineterminator="\n")
         w.writeheader()
         w.writerows({k: (v if k == "number" else f"{v:.6f}") for k, v in row.items()} for row in timings)
-    return {"best": best, "metrics": metrics, "warnings": edge}
+    return StudyOutcome(best, metrics, edge)
 
 
-def log_study_summary(tracker: Tracker, parent_id: str, study: optuna.Study, optimizer: str, outcome: dict,
+def log_study_summary(tracker: Tracker, parent_id: str, study: optuna.Study, optimizer: str, outcome: StudyOutcome,
                       params: Params) -> None:
     """Best values on the parent run, and Optuna's own plots as artifacts."""
     import matplotlib
@@ -90,11 +103,10 @@ def log_study_summary(tracker: Tracker, parent_id: str, study: optuna.Study, opt
     import matplotlib.pyplot as plt
     from optuna import visualization as vis
 
-    metrics = {k: v for k, v in outcome["metrics"].items()}
-    best = outcome["best"]
-    tags = {"best_trial": best.number, **{f"best_{h}": v for h, v in best.user_attrs["result"]["hyperparams"].items()}}
-    if outcome["warnings"]:
-        tags["warnings"] = " | ".join(outcome["warnings"])
+    metrics = dict(outcome.metrics)
+    tags = {"best_trial": outcome.best.number, **{f"best_{h}": v for h, v in outcome.best_hyperparams.items()}}
+    if outcome.warnings:
+        tags["warnings"] = " | ".join(outcome.warnings)
     tags["mlflow.note.content"] = _note(tracker, study, optimizer, outcome, params)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the matplotlib backends are marked experimental
@@ -112,13 +124,13 @@ def log_study_summary(tracker: Tracker, parent_id: str, study: optuna.Study, opt
         tracker.finish_study(parent_id, metrics, tags, tmp, name=labels.run_name(optimizer, params))
 
 
-def _note(tracker: Tracker, study, optimizer: str, outcome: dict, params: Params) -> str:
+def _note(tracker: Tracker, study, optimizer: str, outcome: StudyOutcome, params: Params) -> str:
     """The study's description on its MLflow run (Markdown): what it searched, its best trial,
     and where its trial runs are."""
-    m, best = outcome["metrics"], outcome["best"]
+    m, best = outcome.metrics, outcome.best
     summary_id, trials_id = tracker.experiment_ids(optimizer)
     identity = labels.identity(optimizer, params)
-    hyper = ", ".join(f"{h} {v:.4g}" for h, v in best.user_attrs["result"]["hyperparams"].items())
+    hyper = ", ".join(f"{h} {v:.4g}" for h, v in outcome.best_hyperparams.items())
     return (f"**{optimizer}**: Optuna study `{study.study_name}` (TPE, seed {params.study.seed}), "
             f"{m['trials']} trials ({m['diverged']} diverged) over "
             f"{', '.join(f'{h} {r}' for h, r in identity['search_space'].items())}; {identity['protocol']}; "

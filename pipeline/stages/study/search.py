@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 import numpy as np
 
@@ -64,9 +64,22 @@ def edge_warnings(best: dict, search_space: dict) -> list:
 
 # --- the objective --------------------------------------------------------------------------
 
+class TrialRecord(TypedDict, total=False):
+    """A trial's result as Optuna keeps it (user attribute "result"), all the MLflow run and
+    trials.csv show; None stands for inf/NaN (JSON has neither)."""
+
+    hyperparams: dict  # name -> value
+    seeds: list
+    seed_losses: list  # final loss per seed, None where it diverged
+    examples: list  # examples seen at each record
+    loss: list  # mean loss over the seeds at each record
+    effective_lr: list  # mean effective lr over seeds and coordinates at each record
+    wall_time_s: float  # added when the trial is told
+
+
 class Evaluation(NamedTuple):
     value: float  # the objective; None when a seed diverged
-    record: dict  # everything the trial's MLflow run and trials.csv show, kept in Optuna
+    record: TrialRecord
     diverged_seeds: list
 
 
@@ -82,9 +95,9 @@ def evaluate_trial(hyper: dict, optimizer: str, params: Params, dataset: Dataset
     value = None if diverged else float(np.mean(result.score(params.study.objective)))
     with np.errstate(invalid="ignore"):
         losses, eff_lr = result.losses.mean(axis=0), np.nanmean(result.effective_lr, axis=(0, 2))
-    record = {
-        "hyperparams": hyper, "seeds": seeds.tolist(),
-        "seed_losses": [None if d else float(v) for d, v in zip(result.diverged, result.final_loss)],
-        "examples": result.examples.tolist(), "loss": _finite(losses), "effective_lr": _finite(eff_lr),
-    }
+    record = TrialRecord(
+        hyperparams=hyper, seeds=seeds.tolist(),
+        seed_losses=[None if d else float(v) for d, v in zip(result.diverged, result.final_loss)],
+        examples=result.examples.tolist(), loss=_finite(losses), effective_lr=_finite(eff_lr),
+    )
     return Evaluation(value, record, diverged)
