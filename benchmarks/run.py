@@ -93,7 +93,7 @@ def bench_samplers(ds, params, optimizer_names):
     rows = []
     for name in optimizer_names:
         start = time.perf_counter()
-        samplers.compare(ds, name, params, optimum=0.0)
+        samplers.compare(ds, name, params, penalty=1.0)
         rows.append({"optimizer": name, "seconds": time.perf_counter() - start})
     return rows
 
@@ -183,10 +183,35 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def bench_against(baseline: str, repeats: int) -> str:
+    """Cold default `dvc repro` of this tree and of commit `baseline`, alternating in fresh clones
+    on the same machine, so a change's cost is measured side by side rather than against an old
+    figure from a differently loaded day."""
+    env = {**os.environ, "CI": "true", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("OPTUNA_STORAGE", None)
+    times = {baseline: [], "this tree": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            before = fresh_clone(Path(tmp), f"before{i}")
+            subprocess.run(["git", "checkout", "-q", baseline], cwd=before, check=True)
+            times[baseline].append(run_measured(["dvc", "repro"], before, env)[0])
+            times["this tree"].append(run_measured(["dvc", "repro"], fresh_clone(Path(tmp), f"after{i}"), env)[0])
+    old, new = statistics.median(times[baseline]), statistics.median(times["this tree"])
+    rows = [f"| {name} | {statistics.median(t):.1f} s ({', '.join(f'{x:.1f}' for x in t)}) |" for name, t in times.items()]
+    return "\n".join(["| cold default `dvc repro` | median (runs) |", "| --- | --- |", *rows,
+                      f"| ratio | {new / old:.2f}x |"])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--baseline", help="only time cold dvc repro of this tree against this commit, side by side")
+    parser.add_argument("--repeats", type=int, default=3, help="with --baseline: clones of each (default 3)")
     args = parser.parse_args()
+    if args.baseline:
+        print(bench_against(args.baseline, args.repeats))
+        return
     params, ds = config.load_params(ROOT / "params.yaml"), data.load_prepared(ROOT / "data/prepared")
     q = args.quick
     results = {"quick": q, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine()}

@@ -51,11 +51,8 @@ def cmd_train(args, params: config.Params) -> None:
 
     from pipeline.core import engine
 
-    protocol = dataclasses.replace(
-        params.train,
-        **{k: v for k, v in (("batch_size", args.batch_size), ("epochs", args.epochs), ("init", args.init)) if v is not None},
-    )
-    config.validate_train(protocol)
+    protocol = config.validated(dataclasses.replace, params.train, **{
+        k: v for k, v in (("batch_size", args.batch_size), ("epochs", args.epochs), ("init", args.init)) if v is not None})
     hyper = _hyper(args, params.book, "book")
     result = engine.train(data.load_prepared(), args.optimizer, hyper, [args.seed], protocol)
     diverged = bool(result.diverged[0])
@@ -174,19 +171,19 @@ def cmd_ui(args, params: config.Params) -> None:
                        env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri})
 
 
-def _checked(convert, ok, needs: str):
-    """An argparse type: convert, then refuse what `ok` rejects, saying what it `needs` to be."""
+def _flag(annotation, convert):
+    """An argparse type that checks a flag with the same rule params.yaml is checked with."""
     def parse(text: str):
-        value = convert(text)
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"{needs}, got {text}")
-        return value
+        try:
+            return config.check(annotation, convert(text), "")
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{e}") from None
     return parse
 
 
-_positive_int = _checked(int, lambda v: v > 0, "must be a positive integer")
-_positive_float = _checked(float, lambda v: v > 0, "must be positive")
-_unit_interval = _checked(float, lambda v: 0 < v < 1, "must lie strictly between 0 and 1")
+_positive_int = _flag(config.Positive, int)
+_positive_float = _flag(config.PositiveFloat, float)
+_unit_interval = _flag(config.Fraction, float)
 
 
 class _Parser(argparse.ArgumentParser):

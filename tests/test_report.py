@@ -169,3 +169,32 @@ def test_dvc_repro_runs_every_stage_then_reruns_only_what_changed(project_copy):
     series = {row.get("field") for plot in json.loads(plots.stdout)["data"].values()
               for part in plot if part["type"] == "vega" for row in part["content"]["data"]["values"]}
     assert {"sgd", "adagrad", "rmsprop", "adam"} <= series
+
+
+def test_one_section_model_renders_escaped_html_and_a_pdf_that_flows_onto_pages(tmp_path):
+    """Both renderers read the same sections: Jinja2 escapes every value; the PDF computes where
+    text goes, so 150 bullets flow onto as many pages as they need instead of running off one."""
+    import matplotlib.pyplot as plt
+    import pypdf
+
+    from pipeline.stages.report import document
+
+    def figure():
+        fig, ax = plt.subplots()
+        ax.plot([0, 1])
+        return fig, "a caption <b>bold?</b>"
+
+    bullets = ["Adam <script>alert(1)</script> & co", *[f"finding {i}" for i in range(150)]]
+    model = [document.Section("Key findings", bullets=bullets, list_id="key-findings"),
+             document.Section("2. Results", tables=[document.Table("t", ["a", "b"], [["1", "<2>"]])],
+                              figures=[document.Figure("f", figure)])]
+    page = document.html("T <i>", model, {"2. Results": [("f", b"PNG", "a caption <b>bold?</b>")]})
+    assert "<script>" not in page and "Adam &lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in page
+    assert "<title>T &lt;i&gt;</title>" in page and "<td>&lt;2&gt;</td>" in page
+    assert "<figure id='f'><img alt='f' src='data:image/png;base64,UE5H'>" in page and "<ul id='key-findings'>" in page
+    document.pdf(tmp_path / "r.pdf", "T", model)
+    pages = [p.extract_text() for p in pypdf.PdfReader(tmp_path / "r.pdf").pages]
+    text = "\n".join(pages[:-2])
+    assert "Adam <script>alert(1)</script> & co" in pages[0] and len(pages) - 2 >= 3  # 152 lines: 3 or more pages
+    assert all(text.count(f"- finding {i}\n") == 1 for i in range(149)) and text.endswith("- finding 149")
+    assert "<2>" in pages[-2] and "a caption <b>bold?</b>" in pages[-1]  # the table's page, then the figure's

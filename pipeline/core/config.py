@@ -1,94 +1,103 @@
 """params.yaml, validated once at the edge into typed, frozen objects.
 
-Nothing below this module reads YAML or the environment: stages receive these objects. Every
-problem is reported as one line naming the key and the fix.
+The objects are pydantic dataclasses (frozen, unknown keys forbidden, strict scalars, Literal for
+choices, bounds as Field constraints), so `dataclasses.replace` and `asdict` work on them and a
+replace is validated again. What pydantic cannot know (the registry's optimizers and
+hyperparameters, ranges against their kinds, keys that depend on each other) is checked after it.
+Every problem is reported as one line naming the key and the fix, in our words, not pydantic's
+(`describe`). Nothing below this module reads YAML or the environment.
 """
 import dataclasses
 import difflib
 import re
 import typing
 from pathlib import Path
+from typing import Annotated, Literal
 
 import yaml
+from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
 
 from pipeline.core import optimizers
 from pipeline.core.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
+Positive = Annotated[StrictInt, Field(gt=0)]
+PositiveFloat = Annotated[StrictFloat, Field(gt=0)]
+Fraction = Annotated[StrictFloat, Field(gt=0, lt=1)]  # a decay: remembers about 1 / (1 - value) steps
+OBJECTIVES = ("final_loss", "mean_loss")
+SCALES = ("linear", "log", "log1m")
+frozen = dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class DataParams:
-    url: str
-    sha1: str
-    n_rows: int
-    timeout_s: float
-    retries: int
+    url: StrictStr
+    sha1: Annotated[StrictStr, Field(min_length=40, max_length=40)]
+    n_rows: Positive
+    timeout_s: PositiveFloat
+    retries: Annotated[StrictInt, Field(ge=0)]
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class TrainParams:
     """The training protocol the engine follows (the book's train_ch11 by default)."""
 
-    batch_size: int
-    epochs: int
-    record_every: int  # examples between loss records
-    init: str  # "normal": w ~ N(0, init_std); "zeros": w = 0; b = 0 either way
-    init_std: float
-    diverge_factor: float  # a run whose loss ever exceeds this multiple of its starting loss diverged
+    batch_size: Positive
+    epochs: Positive
+    record_every: Positive  # examples between loss records
+    init: Literal["normal", "zeros"]  # "normal": w ~ N(0, init_std); "zeros": w = 0; b = 0 either way
+    init_std: PositiveFloat
+    diverge_factor: PositiveFloat  # a run whose loss ever exceeds this multiple of its starting loss diverged
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Range:
     """A search range. scale: linear, log (log-uniform), or log1m (1 - value is log-uniform)."""
 
-    low: float
-    high: float
-    scale: str
+    low: StrictFloat
+    high: StrictFloat
+    scale: Literal["linear", "log", "log1m"]
 
 
-OBJECTIVES = ("final_loss", "mean_loss")
-SCALES = ("linear", "log", "log1m")
-
-
-@dataclasses.dataclass(frozen=True)
+@frozen
 class StudyParams:
     optimizers: list
-    n_trials: int
-    seeds_per_trial: int
-    seed: int  # seeds the TPE sampler
-    objective: str  # final_loss: mean final loss over seeds; mean_loss: mean over the whole curve
-    storage: str  # "journal": a journal file under studies/; or an Optuna storage URL
-    search_space: dict  # hyperparameter -> Range
-    workers: int  # processes sharing the study (none of these three changes the study's identity)
-    heartbeat_s: int  # RDB storages: a running trial records a heartbeat this often
-    grace_s: int  # ... and is failed as abandoned after this long without one
-    reconnect_s: int  # RDB storages: how long workers wait for a restarting database before stopping
+    n_trials: Positive
+    seeds_per_trial: Positive
+    seed: StrictInt  # seeds the TPE sampler
+    objective: Literal["final_loss", "mean_loss"]  # final_loss: mean final loss over seeds; mean_loss: over the curve
+    storage: StrictStr  # "journal": a journal file under studies/; or an Optuna storage URL
+    search_space: typing.Dict[str, Range]  # hyperparameter -> Range
+    workers: Positive  # processes sharing the study (none of these four changes the study's identity)
+    heartbeat_s: Positive  # RDB storages: a running trial records a heartbeat this often
+    grace_s: Positive  # ... and is failed as abandoned after this long without one
+    reconnect_s: Positive  # RDB storages: how long workers wait for a restarting database before stopping
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class EvaluateParams:
-    seeds: int  # seeds per re-run of the winners and the book's settings
-    first_seed: int  # evaluation seeds start here, apart from the study's, so winners meet fresh randomness
-    framework_seeds: int  # Keras runs go through the book's loop, one seed at a time
-    floor_tolerance: float  # "reached the floor": loss <= (1 + tolerance) * least-squares floor
-    lr_points: int  # landscape: grid points of a one-hyperparameter search space
-    grid_points: int  # landscape: grid side of a two-hyperparameter space
-    cube_points: int  # landscape: grid side of a space of three or more hyperparameters
-    sampler_repeats: int  # the sampler comparison repeats each sampler over this many seeds
-    random_draws: int  # random search is estimated from this many points drawn from the search space
-    refine_points: int  # the best known value: a finer grid of this many points per axis around the best
-    equivalence_margin: float  # differences within this fraction of (initial loss - floor) are negligible
-    quadratic_steps: int
+    seeds: Positive  # seeds per re-run of the winners and the book's settings
+    first_seed: StrictInt  # evaluation seeds start here, apart from the study's, so winners meet fresh randomness
+    framework_seeds: Positive  # Keras runs go through the book's loop, one seed at a time
+    floor_tolerance: PositiveFloat  # "reached the floor": loss <= (1 + tolerance) * least-squares floor
+    lr_points: Positive  # landscape: grid points of a one-hyperparameter search space
+    grid_points: Positive  # landscape: grid side of a two-hyperparameter space
+    cube_points: Positive  # landscape: grid side of a space of three or more hyperparameters
+    sampler_repeats: Positive  # the sampler comparison repeats each sampler over this many seeds
+    random_draws: Positive  # random search is estimated from this many points drawn from the search space
+    refine_points: Positive  # the best known value: a finer grid of this many points per axis around the best
+    equivalence_margin: PositiveFloat  # differences within this fraction of (initial loss - floor) are negligible
+    quadratic_steps: Positive
     quadratic: dict  # optimizer -> hyperparameters for the 2-D demo (the registry's where left out)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class MlflowParams:
-    experiment: str
+    experiment: StrictStr
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Params:
     data: DataParams
     train: TrainParams
@@ -102,47 +111,75 @@ def _fail(where: str, message: str) -> typing.NoReturn:
     raise PipelineError(f"params.yaml: {where}: {message}")
 
 
-def _build(cls, raw, where: str):
-    """Build dataclass `cls` from a mapping, rejecting unknown, missing and mistyped keys."""
-    if not isinstance(raw, dict):
-        _fail(where or "top level", f"expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = [f.name for f in dataclasses.fields(cls)]
-    key_path = lambda key: f"{where}.{key}" if where else str(key)  # noqa: E731
-    for key in raw:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            fix = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields)}"
-            _fail(key_path(key), f"unknown key; {fix}")
-    values = {}
-    for name in fields:
-        if name not in raw:
-            _fail(key_path(name), "missing")
-        values[name] = _coerce(hints[name], raw[name], key_path(name))
-    return cls(**values)
+# --- pydantic's errors in our words ------------------------------------------------------------
+
+_TYPES = {"int_type": "int", "float_type": "float", "string_type": "str", "dict_type": "dict", "list_type": "list",
+          "bool_type": "bool"}
 
 
-def _coerce(hint, value, where: str):
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, str, dict, list) and isinstance(value, hint) and not isinstance(value, bool):
-        return value
-    _fail(where, f"expected {hint.__name__}, got {value!r}")
+def _fields_at(loc: tuple) -> list:
+    """The keys known where `loc` points (for "did you mean")."""
+    cls, keys = Params, list(loc)
+    while keys:
+        hint = typing.get_type_hints(cls).get(keys.pop(0)) if dataclasses.is_dataclass(cls) else None
+        if typing.get_origin(hint) is dict:  # a mapping of name -> params object: skip the name
+            hint = typing.get_args(hint)[1]
+            keys = keys[1:]
+        if not dataclasses.is_dataclass(hint):
+            return []
+        cls = hint
+    return [f.name for f in dataclasses.fields(cls)]
 
 
-def _positive(where: str, value) -> None:
-    if value <= 0:
-        _fail(where, f"must be positive, got {value}")
+def describe(error: dict) -> tuple:
+    """(where, message) for one pydantic error, in the words this project's messages use."""
+    loc = tuple(str(k) for k in error["loc"])
+    where, kind, value = ".".join(loc) or "top level", error["type"], error.get("input")
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        known = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        return where, f"unknown key; did you mean {close[0]!r}?" if close else f"unknown key; known keys: {', '.join(known)}"
+    if kind in ("missing", "missing_argument"):
+        return where, "missing"
+    if kind in _TYPES:
+        return where, f"expected {_TYPES[kind]}, got {value!r}"
+    if kind in ("dataclass_type", "dataclass_args_type", "model_type"):
+        return where, f"expected a mapping, got {type(value).__name__}"
+    if kind == "greater_than" and error["ctx"]["gt"] == 0:
+        return where, f"must be positive, got {value}"
+    if kind in ("greater_than", "less_than"):
+        return where, f"must lie strictly between 0 and 1, got {value}"
+    if kind == "greater_than_equal":
+        return where, f"must be {error['ctx']['ge']} or more, got {value}"
+    if kind in ("string_too_short", "string_too_long") and loc[-1] == "sha1":
+        return where, "expected a 40-character hex SHA-1"
+    if kind == "literal_error":
+        choices = [c.strip(" '") for c in re.split(r",| or ", error["ctx"]["expected"])]
+        if loc[-1] == "init":
+            return where, f"expected 'normal' or 'zeros', got {value!r}"
+        return where, f"expected one of {', '.join(choices)}, got {value!r}"
+    return where, error["msg"]
 
 
-def validate_train(train: TrainParams) -> None:
-    for key in ("batch_size", "epochs", "record_every", "init_std", "diverge_factor"):
-        _positive(f"train.{key}", getattr(train, key))
-    if train.init not in ("normal", "zeros"):
-        _fail("train.init", f"expected 'normal' or 'zeros', got {train.init!r}")
+def validated(build, *args, **kwargs):
+    """Build a params object (or dataclasses.replace one), with the first problem as one line."""
+    try:
+        return build(*args, **kwargs)
+    except ValidationError as e:
+        errors = e.errors()  # an unknown key first: "did you mean" is the most helpful line
+        first = next((x for x in errors if x["type"] in ("unexpected_keyword_argument", "extra_forbidden")), errors[0])
+        _fail(*describe(first))
 
+
+def check(annotation, value, what: str):
+    """One value against one of the annotations above (the CLI's flags use the same rules)."""
+    try:
+        return TypeAdapter(annotation).validate_python(value)
+    except ValidationError as e:
+        raise ValueError(describe({**e.errors()[0], "loc": (what,)})[1]) from None
+
+
+# --- what pydantic cannot know ------------------------------------------------------------------
 
 def _validate_settings(settings: dict, where: str, fallback: str, optimizer_names) -> dict:
     """optimizer -> {hyperparameter: value}, exactly the optimizer's hyperparameters; an optimizer
@@ -152,9 +189,13 @@ def _validate_settings(settings: dict, where: str, fallback: str, optimizer_name
         opt = optimizers.get(name)
         if not isinstance(hyper, dict) or set(hyper) != set(opt.hyperparams):
             _fail(f"{where}.{name}", f"expected exactly {', '.join(opt.hyperparams)}, got {hyper!r}")
-        checked[name] = {k: _coerce(float, v, f"{where}.{name}.{k}") for k, v in hyper.items()}
-        for k, v in checked[name].items():
-            _check_value(f"{where}.{name}.{k}", k, v)
+        checked[name] = {}
+        for k, v in hyper.items():
+            try:
+                checked[name][k] = check(StrictFloat, v, k)
+            except ValueError as e:
+                _fail(f"{where}.{name}.{k}", str(e))
+            _check_value(f"{where}.{name}.{k}", k, checked[name][k])
     for name in optimizer_names:
         checked.setdefault(name, dict(getattr(optimizers.get(name), fallback)))
     return checked
@@ -168,22 +209,9 @@ def _check_value(where: str, name: str, value: float) -> None:
         _fail(where, f"{name} must be positive, got {value}")
 
 
-def _validate_evaluate(ev: EvaluateParams, study: StudyParams) -> EvaluateParams:
-    for key in ("seeds", "framework_seeds", "floor_tolerance", "lr_points", "grid_points", "cube_points",
-                "sampler_repeats", "quadratic_steps", "random_draws", "refine_points", "equivalence_margin"):
-        _positive(f"evaluate.{key}", getattr(ev, key))
-    if ev.seeds < 2:
-        _fail("evaluate.seeds", "need at least 2 seeds for a confidence interval")
-    return dataclasses.replace(ev, quadratic=_validate_settings(ev.quadratic, "evaluate.quadratic", "quadratic",
-                                                                study.optimizers))
-
-
-def _validate_range(name: str, raw) -> Range:
+def _validate_range(name: str, r: Range) -> Range:
     where = f"study.search_space.{name}"
     optimizers.hyperparameter(name)
-    r = _build(Range, raw, where)
-    if r.scale not in SCALES:
-        _fail(f"{where}.scale", f"expected one of {', '.join(SCALES)}, got {r.scale!r}")
     if r.low >= r.high:
         _fail(where, f"low ({r.low}) must be below high ({r.high})")
     if r.scale == "log" and r.low <= 0:
@@ -198,35 +226,30 @@ def _validate_range(name: str, raw) -> Range:
 
 
 def _validate_study(study: StudyParams) -> StudyParams:
-    for key in ("n_trials", "seeds_per_trial", "workers", "heartbeat_s", "grace_s", "reconnect_s"):
-        _positive(f"study.{key}", getattr(study, key))
     if study.grace_s <= study.heartbeat_s:
         _fail("study.grace_s", f"must exceed study.heartbeat_s ({study.heartbeat_s}), got {study.grace_s}")
     if not study.optimizers or not all(isinstance(o, str) for o in study.optimizers):
         _fail("study.optimizers", f"list at least one optimizer by name, got {study.optimizers!r}")
     if len(set(study.optimizers)) != len(study.optimizers):
         _fail("study.optimizers", f"each optimizer once, got {study.optimizers!r}")
-    space = {name: _validate_range(name, raw) for name, raw in study.search_space.items()}
+    space = {name: _validate_range(name, r) for name, r in study.search_space.items()}
     for name in study.optimizers:  # a hyperparameter params.yaml leaves out gets the registry's range
         for h in optimizers.get(name).hyperparams:
             space.setdefault(h, Range(*optimizers.hyperparameter(h).search))
-    if study.objective not in OBJECTIVES:
-        _fail("study.objective", f"expected one of {', '.join(OBJECTIVES)}, got {study.objective!r}")
     return dataclasses.replace(study, search_space=space, optimizers=list(study.optimizers))
 
 
 def parse_params(raw) -> Params:
-    params = _build(Params, raw, "")
-    for key in ("n_rows", "timeout_s"):
-        _positive(f"data.{key}", getattr(params.data, key))
-    if params.data.retries < 0:
-        _fail("data.retries", f"must be 0 or more, got {params.data.retries}")
-    if len(params.data.sha1) != 40:
-        _fail("data.sha1", "expected a 40-character hex SHA-1")
-    validate_train(params.train)
+    if not isinstance(raw, dict):
+        _fail("top level", f"expected a mapping, got {type(raw).__name__}")
+    params = validated(TypeAdapter(Params).validate_python, raw)
+    if params.evaluate.seeds < 2:
+        _fail("evaluate.seeds", "need at least 2 seeds for a confidence interval")
     study = _validate_study(params.study)
     book = _validate_settings(params.book, "book", "book", study.optimizers)
-    return dataclasses.replace(params, book=book, study=study, evaluate=_validate_evaluate(params.evaluate, study))
+    evaluate = dataclasses.replace(params.evaluate, quadratic=_validate_settings(
+        params.evaluate.quadratic, "evaluate.quadratic", "quadratic", study.optimizers))
+    return dataclasses.replace(params, book=book, study=study, evaluate=evaluate)
 
 
 # Every place a driver takes a secret from: `user:password@` in a URL, and key=value pairs in a

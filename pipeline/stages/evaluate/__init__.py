@@ -153,6 +153,8 @@ def evaluate(dataset: Dataset, params: Params, studies_dir: Path, out_dir: Path 
             "grid_optimum": grid_best["objective"],
             "grid_optimum_hyperparams": {h: grid_best[h] for h in opt.hyperparams},
             "best_known": known,
+            # An estimate, not a bound: how far the grid's resolution keeps its optimum from the best known.
+            "grid_resolution_gap": grid_best["objective"] - optimum,
             "regret": best["value"] - optimum,
             "keras_max_abs_diff": keras_gap,
             "random_search": random_summary,

@@ -4,8 +4,6 @@ reports/figures/.
 
 Every number in a caption is read from this run's evaluation and studies.
 """
-import base64
-import html
 import io
 import json
 import multiprocessing
@@ -14,10 +12,10 @@ from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.backends.backend_pdf import PdfPages
 
 from pipeline.core import fileio, optimizers
 from pipeline.stages.report import comparison_figures as CF
+from pipeline.stages.report import document
 from pipeline.stages.report import figures as F
 from pipeline.stages.report import findings
 from pipeline.core.config import Params
@@ -69,7 +67,7 @@ def tables(d: Inputs) -> dict:
     return {SECTIONS[2]: [("", *findings.results_table(d))],
             SECTIONS[6]: [("Paired comparisons on the evaluation seeds (negative: the first is better)",
                            *findings.comparison_table(d)),
-                          ("Samplers against the grid optimum: median regret at the full budget / trials until "
+                          ("Samplers against the best known value: median regret at the full budget / trials until "
                            "their median matches random search's expectation at the full budget",
                            *findings.sampler_table(d))]}
 
@@ -145,26 +143,43 @@ def run(params: Params, tracking_uri: str, commit: str) -> dict:
 
 # --- rendering ------------------------------------------------------------------------------
 
+def sections(d: Inputs, commit: str) -> list:
+    """The whole report once, as the model both renderers draw from."""
+    section_tables = tables(d)
+    made = [document.Section(SECTIONS[0], bullets=findings.key_findings(d.summary, d.optimizers, d.params.study.n_trials),
+                             list_id="key-findings"),
+            document.Section(SECTIONS[1], bullets=setup_lines(d, commit))]
+    for title_ in SECTIONS[2:]:
+        made.append(document.Section(
+            title_, tables=[document.Table(*t) for t in section_tables.get(title_, [])],
+            figures=[document.Figure(name, lambda make=make: make(d)) for name, make in FIGURES.get(title_, [])]))
+    return made + [document.Section("How to reproduce", code=REPRODUCE)]
+
+
 def render(d: Inputs, out_dir: Path, commit: str) -> dict:
-    """Write report.html, report.pdf and figures/*.png; return the figure files and captions.
+    """Write report.html, report.pdf and figures/*.png from one model; return the figures' captions.
 
     The PDF is drawn in a forked process while this one draws the PNGs: each figure is drawn
     once per format anyway, and the two halves take about as long as each other."""
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    text = {"findings": findings.key_findings(d.summary, d.optimizers, d.params.study.n_trials), "setup": setup_lines(d, commit), "tables": tables(d)}
+    model = sections(d, commit)
     with fileio.atomic_path(out_dir / "report.pdf") as tmp_pdf:
-        pdf_writer = multiprocessing.get_context("fork").Process(target=_write_pdf, args=(d, tmp_pdf, text),
+        pdf_writer = multiprocessing.get_context("fork").Process(target=document.pdf, args=(tmp_pdf, title(d), model),
                                                                  name="report-pdf")
         pdf_writer.start()
         try:
             rendered = {}  # section -> [(name, png bytes, caption)]
-            for section, name, fig, caption in _figures(d):
-                buf = io.BytesIO()
-                fig.savefig(buf, format="png", bbox_inches="tight")
-                plt.close(fig)
-                fileio.write_bytes(fig_dir / f"{name}.png", buf.getvalue())
-                rendered.setdefault(section, []).append((name, buf.getvalue(), caption))
+            for section in model:
+                for figure in section.figures:
+                    made = figure.make()
+                    if made is None:
+                        continue
+                    buf = io.BytesIO()
+                    made[0].savefig(buf, format="png", bbox_inches="tight")
+                    plt.close(made[0])
+                    fileio.write_bytes(fig_dir / f"{figure.name}.png", buf.getvalue())
+                    rendered.setdefault(section.title, []).append((figure.name, buf.getvalue(), made[1]))
         except BaseException:
             pdf_writer.terminate()  # no PDF without the rest of the report
             raise
@@ -173,122 +188,5 @@ def render(d: Inputs, out_dir: Path, commit: str) -> dict:
         if pdf_writer.exitcode != 0:
             raise PipelineError(f"drawing report.pdf failed (exit {pdf_writer.exitcode}, traceback above): "
                                 f"fix the figure it names and rerun `dvc repro report`")
-    fileio.write_bytes(out_dir / "report.html", _html(title(d), text, rendered).encode())
+    fileio.write_bytes(out_dir / "report.html", document.html(title(d), model, rendered).encode())
     return {name: caption for figs in rendered.values() for name, _, caption in figs}
-
-
-def _figures(d: Inputs):
-    """(section, name, figure, caption) for every figure this run has, in report order."""
-    for section, figures in FIGURES.items():
-        for name, make in figures:
-            made = make(d)
-            if made is not None:
-                yield (section, name, *made)
-
-
-def _write_pdf(d: Inputs, path: Path, text: dict) -> None:
-    with PdfPages(path) as pdf:
-        _pdf_text_page(pdf, title(d), [(SECTIONS[0], text["findings"]), (SECTIONS[1], text["setup"])])
-        for section in SECTIONS[2:]:
-            heading = section
-            for table_title, header, rows in text["tables"].get(section, []):
-                _pdf_table_page(pdf, heading, table_title, header, rows)
-                heading = None
-            for name, make in FIGURES.get(section, []):
-                made = make(d)
-                if made is not None:
-                    _pdf_figure_page(pdf, made[0], heading, made[1])
-                    plt.close(made[0])
-                    heading = None
-        _pdf_reproduce_page(pdf)
-
-
-def _pdf_text_page(pdf, heading, blocks):
-    import textwrap
-
-    fig = plt.figure(figsize=(11, 8.5))
-    fig.text(0.05, 0.95, heading, fontsize=16 if len(heading) < 80 else 12, weight="bold")
-    y = 0.90
-    for section, lines in blocks:
-        fig.text(0.05, y, section, fontsize=13, weight="bold")
-        y -= 0.04
-        for line in lines:
-            for i, part in enumerate(textwrap.wrap(line, 150)):
-                fig.text(0.05 if i == 0 else 0.065, y, ("- " if i == 0 else "") + part, fontsize=8)
-                y -= 0.022
-        y -= 0.02
-    pdf.savefig(fig)
-    plt.close(fig)
-
-
-def _pdf_table_page(pdf, section, table_title, header, rows):
-    fig = plt.figure(figsize=(11, 8.5))
-    if section:
-        fig.text(0.05, 0.95, section, fontsize=13, weight="bold")
-    if table_title:
-        fig.text(0.05, 0.91, table_title, fontsize=9)
-    ax = fig.add_axes([0.03, 0.05, 0.94, 0.83])
-    ax.axis("off")
-    # One setting per line, and a mean apart from its interval: seven optimizers fit the page.
-    cells = [[c.replace(", ", "\n").replace(" +/- ", "\n+/- ").replace(" (", "\n(").replace(" / ", "\n/ ")
-              for c in row] for row in rows]
-    lines = max(c.count("\n") + 1 for row in cells for c in row)
-    table = ax.table(cellText=cells, colLabels=[h.replace(" (", "\n(").replace(": ", ":\n") for h in header],
-                     loc="upper center", cellLoc="center")
-    table.auto_set_font_size(False)
-    table.set_fontsize(7 if len(rows) <= 8 else 6)
-    unit = min(0.045, 1.0 / (3 + len(rows) * lines))  # one text line, as a fraction of the table's axes
-    for (row, _), cell in table.get_celld().items():
-        cell.set_height(unit * (3 if row == 0 else lines))
-    pdf.savefig(fig)
-    plt.close(fig)
-
-
-def _pdf_figure_page(pdf, fig, section, caption):
-    """Grow the figure to make room for the section title above and the caption below."""
-    import textwrap
-
-    w, h = fig.get_size_inches()
-    lines = textwrap.wrap(caption, int((w - 0.4) * 16))  # 8-point text: about 16 characters per inch
-    top, bottom = (0.6 if section else 0.2), 0.55 + 0.15 * len(lines)  # inches
-    total = h + top + bottom
-    fig.set_size_inches(w, total)
-    fig.subplots_adjust(top=1 - (top + 0.35) / total, bottom=(bottom + 0.45) / total)
-    if section:
-        fig.text(0.02, 1 - 0.3 / total, section, fontsize=13, weight="bold", va="top")
-    fig.text(0.02, 0.15 / total, "\n".join(lines), fontsize=8, va="bottom")
-    pdf.savefig(fig)
-
-
-def _pdf_reproduce_page(pdf):
-    fig = plt.figure(figsize=(11, 3))
-    fig.text(0.05, 0.85, "How to reproduce", fontsize=13, weight="bold")
-    for i, line in enumerate(REPRODUCE):
-        fig.text(0.05, 0.65 - 0.15 * i, line, family="monospace", fontsize=9)
-    pdf.savefig(fig)
-    plt.close(fig)
-
-
-def _html(heading, text, rendered) -> str:
-    esc = html.escape
-    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-             f"<title>{esc(heading)}</title><style>body{{font-family:sans-serif;max-width:60em;"
-             "margin:2em auto;padding:0 1em;line-height:1.4}table{border-collapse:collapse;font-size:90%}"
-             "td,th{border:1px solid #ccc;padding:.3em .5em}img{max-width:100%}figcaption{font-size:90%;color:#333}"
-             "pre{background:#f4f4f4;padding:.6em}</style></head><body>",
-             f"<h1>{esc(heading)}</h1>",
-             f"<h2>{esc(SECTIONS[0])}</h2><ul id='key-findings'>", *[f"<li>{esc(x)}</li>" for x in text["findings"]],
-             "</ul>", f"<h2>{esc(SECTIONS[1])}</h2><ul>", *[f"<li>{esc(x)}</li>" for x in text["setup"]], "</ul>"]
-    for section in SECTIONS[2:]:
-        parts.append(f"<h2>{esc(section)}</h2>")
-        for table_title, header, rows in text["tables"].get(section, []):
-            parts += [f"<p>{esc(table_title)}</p>" if table_title else "", "<table><tr>",
-                      *[f"<th>{esc(h)}</th>" for h in header], "</tr>"]
-            parts += [f"<tr>{''.join(f'<td>{esc(c)}</td>' for c in row)}</tr>" for row in rows]
-            parts.append("</table>")
-        for name, png, caption in rendered.get(section, []):
-            data = base64.b64encode(png).decode()
-            parts.append(f"<figure id='{name}'><img alt='{esc(name)}' src='data:image/png;base64,{data}'>"
-                         f"<figcaption>{esc(caption)}</figcaption></figure>")
-    parts += ["<h3>How to reproduce</h3><pre>", esc("\n".join(REPRODUCE)), "</pre></body></html>"]
-    return "\n".join(parts)

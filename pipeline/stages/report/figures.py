@@ -209,8 +209,9 @@ def fig_landscape(d):
         fig.colorbar(mesh, ax=ax)
         known = d.opt[o]["best_known"]
         notes.append(f"{label(o)}: {d.opt[o]['grid_points']} grid points, study best {fmt_hyper(best)}, grid optimum "
-                     f"{fmt_hyper(grid_best or {})}, best known {known['value']:.6f} (from the {known['source']}), "
-                     f"study regret {d.opt[o]['regret']:.2e}")
+                     f"{fmt_hyper(grid_best or {})}, best known {known['value']:.6f} (from the {known['source']}; "
+                     f"the grid optimum lies {d.opt[o]['grid_resolution_gap']:.1e} above it, an estimate of how far "
+                     f"the grid's resolution limits it), study regret {d.opt[o]['regret']:.2e}")
     fig.tight_layout()
     return fig, (f"log10(objective - floor) over each optimizer's first two hyperparameters on the landscape grid "
                  f"(a third is set to its best grid value at each point; blank = diverged), with the study's trials "
