@@ -112,36 +112,13 @@ def run_trials(study: optuna.Study, optimizer: str, params: Params, dataset: Dat
     """Ask, sample, train, tell and hand to the sink until study.n_trials trials are counted; while
     the rest of the budget is running in other workers, wait for them (failing the trials of
     workers that die) instead of overshooting. Returns this worker's timings per trial."""
-    target, p, timings, last_check = params.study.n_trials, params.study, [], 0.0
+    target, p, timings = params.study.n_trials, params.study, []
     bar = _progress(study, optimizer, target) if progress else None
     try:
         while True:
-            trials = study.get_trials(deepcopy=False)
-            done = sum(map(is_counted, trials))
-            if bar:
-                bar.update(min(done, target) - bar.n)
-            if done >= target:
-                return timings
-            if done + sum(t.state == TrialState.RUNNING for t in trials) >= target:
-                if time.monotonic() - last_check > 1.0:
-                    storage.fail_abandoned(study, store, p.grace_s)
-                    last_check = time.monotonic()
-                time.sleep(0.05)
-                continue
-            t0 = time.perf_counter()
             try:
-                with owned_trial(study, store, sink) as trial:
-                    study.sampler = search.sampler(p.seed, trial.number)
-                    hyper = space.suggest_all(trial, optimizer, p.search_space)
-                    t1 = time.perf_counter()
-                    result = search.evaluate_trial(hyper, optimizer, params, dataset)
-                    t2 = time.perf_counter()
-                    frozen = tell(study, trial, result, t2 - t0)
-                    t3 = time.perf_counter()
-                    sink.on_finished(study, frozen)
-                    t4 = time.perf_counter()
-                    timings.append({"number": trial.number, "train": t2 - t1, "optuna": (t1 - t0) + (t3 - t2),
-                                    "mlflow": t4 - t3, "total": t4 - t0})
+                if _turn(study, optimizer, params, dataset, store, sink, timings, target, bar):
+                    return timings
             except Exception as e:  # a database restart: wait for it (up to study.reconnect_s), then go on
                 if not storage.connection_lost(e):
                     raise
@@ -149,6 +126,36 @@ def run_trials(study: optuna.Study, optimizer: str, params: Params, dataset: Dat
     finally:
         if bar:
             bar.close()
+
+
+def _turn(study, optimizer, params, dataset, store, sink, timings: list, target: int, bar) -> bool:
+    """One turn of the loop: True once the budget is counted; otherwise run one trial, or wait
+    while the rest of the budget runs in other workers (failing the trials of workers that die)."""
+    p = params.study
+    trials = study.get_trials(deepcopy=False)
+    done = sum(map(is_counted, trials))
+    if bar:
+        bar.update(min(done, target) - bar.n)
+    if done >= target:
+        return True
+    if done + sum(t.state == TrialState.RUNNING for t in trials) >= target:
+        storage.fail_abandoned(study, store, p.grace_s)
+        time.sleep(0.2)
+        return False
+    t0 = time.perf_counter()
+    with owned_trial(study, store, sink) as trial:
+        study.sampler = search.sampler(p.seed, trial.number)
+        hyper = space.suggest_all(trial, optimizer, p.search_space)
+        t1 = time.perf_counter()
+        result = search.evaluate_trial(hyper, optimizer, params, dataset)
+        t2 = time.perf_counter()
+        frozen = tell(study, trial, result, t2 - t0)
+        t3 = time.perf_counter()
+        sink.on_finished(study, frozen)
+        t4 = time.perf_counter()
+        timings.append({"number": trial.number, "train": t2 - t1, "optuna": (t1 - t0) + (t3 - t2),
+                        "mlflow": t4 - t3, "total": t4 - t0})
+    return False
 
 
 def _progress(study: optuna.Study, optimizer: str, target: int):
