@@ -413,3 +413,32 @@ def test_an_interrupt_while_the_journal_lock_is_held_never_strands_it(tmp_path):
         f"FlockLock(Path({str(tmp_path / 'optuna.lock')!r})).acquire(); print('acquired')")],
         capture_output=True, text=True, timeout=60)
     assert other.stdout.strip() == "acquired" and every_line_parses(path)
+
+
+def test_a_full_disk_under_the_mlflow_store_leaves_the_study_running_and_the_rerun_logs_the_rest(raw_file, tmp_path):
+    """MLflow's SQLite store on a 6 MiB tmpfs: it fills mid-study; Optuna keeps every trial, the
+    stage says how many runs wait for MLflow, and once there is room the rerun writes each once."""
+    from mlflow import MlflowClient
+    from conftest import run_env
+
+    root = make_project(tmp_path, raw_file, n_trials=300)
+    store = tmp_path / "mlstore"
+    if not _mount_tmpfs(store, "6m"):
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    try:
+        uri = f"sqlite:///{store}/mlflow.db"
+        first = cli("study", "sgd", cwd=root, CI="true", MLFLOW_TRACKING_URI=uri)
+        assert first.returncode == 0 and "Traceback" not in first.stderr, first.stderr[-3000:]
+        waiting = [line for line in first.stderr.splitlines() if "waiting for MLflow" in line]
+        assert len(waiting) == 1 and "full" in first.stderr, first.stderr[-3000:]
+        assert len(counted(root, "sgd")) == 300 and len(read_csv(root / "studies/sgd/trials.csv")) == 300
+
+        subprocess.run(["mount", "-o", "remount,size=64m", str(store)], check=True)  # space freed
+        rerun = cli("study", "sgd", cwd=root, CI="true", MLFLOW_TRACKING_URI=uri)
+        assert rerun.returncode == 0 and "waiting for MLflow" not in rerun.stderr, rerun.stderr[-3000:]
+        client = MlflowClient(uri)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.run_type = 'trial'",
+                                  max_results=5000)
+        assert sorted(int(r.data.tags["trial_number"]) for r in runs) == list(range(300))  # each exactly once
+    finally:
+        subprocess.run(["umount", "-l", str(store)], check=False)

@@ -1,6 +1,7 @@
 """The MLflow process a Tracker starts: requests on stdin, one JSON object per line, replies on
 stdout; it owns the MlflowClient (see tracking.py for why a process of its own)."""
 import json
+import logging
 import os
 import signal
 import sys
@@ -163,6 +164,9 @@ def _serve(experiment: str) -> None:
         return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
 
     uri = os.environ["MLFLOW_TRACKING_URI"]
+    # A store error comes back to the study as one line (and the study goes on without MLflow);
+    # MLflow would also print its traceback for SQL errors, such as a full disk.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     try:
         if urlparse(uri).scheme == "sqlite":
             _sqlite_without_fsync_per_commit()
