@@ -22,6 +22,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from typing import Optional, TypedDict
 
 import numpy as np
 from scipy import stats
@@ -38,6 +39,43 @@ DIVERGENCE_RULE = ("a run that diverges (its loss becomes infinite or undefined,
                    "test, resample and curve")
 
 CORDS = ("w1", "w2", "w3", "w4", "w5", "b")
+
+
+class FinalLoss(TypedDict):
+    mean: float  # over every seed, a diverged one scoring its initial loss
+    ci95: Optional[float]  # t-interval half-width
+    diverged_seeds: int
+    seeds: int
+
+
+class OptimizerSummary(TypedDict):
+    """One optimizer in summary.json (`optimizers.<name>`); <family> is tuned, book or defaults."""
+
+    tuned_hyperparams: dict
+    book_hyperparams: dict
+    defaults_hyperparams: dict
+    tuned_final_loss: FinalLoss
+    book_final_loss: FinalLoss
+    defaults_final_loss: FinalLoss
+    tuned_diverged_seeds: int
+    book_diverged_seeds: int
+    defaults_diverged_seeds: int
+    tuned_examples_to_floor: dict  # median, seeds_reached, seeds
+    book_examples_to_floor: dict
+    defaults_examples_to_floor: dict
+    trials: int
+    diverged_trials: int
+    divergence_penalty: float  # the initial loss on the study's seeds
+    study_best: float
+    grid_points: int
+    grid_optimum: float
+    grid_optimum_hyperparams: dict
+    best_known: dict  # value, hyperparams, source (grid, refinement, study, <name> sampler)
+    grid_resolution_gap: float  # grid optimum - best known: an estimate, not a bound
+    regret: float  # study best - best known, never negative
+    keras_max_abs_diff: Optional[float]  # None where Keras has no such optimizer
+    random_search: dict  # comparisons.random_search
+    samplers: dict  # samplers.summarise
 
 
 def read_study(optimizer: str, studies_dir: Path) -> tuple:
@@ -58,15 +96,15 @@ def examples_to_floor(result: engine.TrainResult, floor: float, tolerance: float
     return [int(result.examples[np.argmax(r)]) if r.any() else None for r in reached]
 
 
-def mean_ci(values: np.ndarray, penalty) -> dict:
+def mean_ci(values: np.ndarray, penalty) -> FinalLoss:
     """Mean and 95% t-interval half-width over every seed under the divergence rule (a diverged
     seed scores `penalty`, its initial loss), and how many diverged."""
     values = np.asarray(values, dtype=np.float64)
     scored = statistics.penalized(values, penalty)
     n = len(scored)
     half = float(stats.t.ppf(0.975, n - 1) * scored.std(ddof=1) / math.sqrt(n)) if n >= 2 else None
-    return {"mean": float(scored.mean()), "ci95": half, "diverged_seeds": int((~np.isfinite(values)).sum()),
-            "seeds": int(n)}
+    return FinalLoss(mean=float(scored.mean()), ci95=half, diverged_seeds=int((~np.isfinite(values)).sum()),
+                     seeds=int(n))
 
 
 def evaluate(dataset: Dataset, params: Params, studies_dir: Path, out_dir: Path = EVAL_DIR,
@@ -140,7 +178,7 @@ def evaluate(dataset: Dataset, params: Params, studies_dir: Path, out_dir: Path 
         rows["quadratic"] += [{"optimizer": name, "step": i, "x1": x[0], "x2": x[1], "f": float(quadratic.f(x))}
                               for i, x in enumerate(path)]
         reach = {f: examples_to_floor(r, floor, ev.floor_tolerance) for f, r in runs.items()}
-        summary[name] = {
+        summary[name] = OptimizerSummary(**{
             **{f"{family}_hyperparams": hyper for family, hyper in settings.items()},
             **{f"{family}_final_loss": mean_ci(r.final_loss, r.initial_loss) for family, r in runs.items()},
             **{f"{family}_diverged_seeds": int(r.diverged.sum()) for family, r in runs.items()},
@@ -159,7 +197,7 @@ def evaluate(dataset: Dataset, params: Params, studies_dir: Path, out_dir: Path 
             "keras_max_abs_diff": keras_gap,
             "random_search": random_summary,
             "samplers": sampler_summary,
-        }
+        })
     start = float(np.mean(start_losses))
     margin = ev.equivalence_margin * (start - floor)
     result = {"floor": floor, "seeds": seeds.tolist(), "floor_tolerance": ev.floor_tolerance,
