@@ -36,7 +36,8 @@ def project(tmp_path_factory):
         subprocess.run(cmd, cwd=dest, check=True)
     raw = yaml.safe_load((dest / "params.yaml").read_text())
     raw["study"].update(n_trials=8, seeds_per_trial=2, optimizers=OPTIMIZERS)
-    raw["evaluate"].update(seeds=3, framework_seeds=1, lr_points=8, grid_points=6, cube_points=4, sampler_repeats=2)
+    raw["evaluate"].update(seeds=3, framework_seeds=1, lr_points=8, grid_points=6, cube_points=4, sampler_repeats=2,
+                           random_draws=64, refine_points=3)
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     done = subprocess.run(["dvc", "repro"], cwd=dest, env=run_env(CI="true"), capture_output=True, text=True,
                           timeout=900)

@@ -77,7 +77,8 @@ def small_pipeline(project_copy) -> dict:
     """Small params for a whole `dvc repro` in a test: 6 trials per study, 3 evaluation seeds."""
     raw = yaml.safe_load((project_copy / "params.yaml").read_text())
     raw["study"].update(n_trials=6, seeds_per_trial=2)
-    raw["evaluate"].update(seeds=3, framework_seeds=1, lr_points=8, grid_points=6, cube_points=4, sampler_repeats=2)
+    raw["evaluate"].update(seeds=3, framework_seeds=1, lr_points=8, grid_points=6, cube_points=4, sampler_repeats=2,
+                           random_draws=64, refine_points=3)
     (project_copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return raw
 
