@@ -11,6 +11,7 @@ import numpy as np
 
 from pipeline.core import statistics as st
 
+RANDOM_SEARCH_RESAMPLES = 200  # bootstrap curves over the draws: each is one sort and one matrix product
 FAMILIES_AGAINST_TUNED = ("book", "defaults")  # was tuning worth it, against the book and against Keras's defaults
 
 
@@ -42,13 +43,13 @@ def random_search(draws: np.ndarray, n_trials: int, optimum: float, floor: float
     """The expected best of b random-search trials, b = 1..n_trials, from `draws`: the objective
     (penalized) at points drawn from the search space's own distribution, so the curve estimates
     the real search's, whatever the landscape grid's resolution. The 95% interval at the full
-    budget comes from a bootstrap over the draws (200 resamples). Tunability: the budgets to come within 1% and 5%
+    budget comes from a bootstrap over the draws (RANDOM_SEARCH_RESAMPLES). Tunability: the budgets to come within 1% and 5%
     of the best known value's excess loss, and the normalized area under the curve."""
     budgets = np.arange(1, n_trials + 1)
     weights = st.random_search_weights(len(draws), budgets)
     curve = weights @ np.sort(draws)
     rng = st.rng_for(seed, "random_search", name)
-    boot = np.sort(draws[rng.integers(0, len(draws), (st.BOOTSTRAP // 50, len(draws)))], axis=1) @ weights.T
+    boot = np.sort(draws[rng.integers(0, len(draws), (RANDOM_SEARCH_RESAMPLES, len(draws)))], axis=1) @ weights.T
     within = [st.tunability(c, optimum, floor) for c in boot]
     areas = [st.normalized_area(c, optimum, start) for c in boot]
     return curve, {

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from pipeline.core import engine, optimizers
+from pipeline.core import engine, optimizers, space
 from pipeline.core.config import Params, Range
 from pipeline.core.statistics import rng_for
 from pipeline.stages.evaluate import landscape
@@ -28,26 +28,21 @@ def from_unit(u: np.ndarray, r: Range) -> np.ndarray:
     return r.low + u * (r.high - r.low)
 
 
-def to_unit(value: float, r: Range) -> float:
-    f = {"linear": lambda v: v, "log": math.log, "log1m": lambda v: -math.log(1.0 - v)}[r.scale]
-    return (f(value) - f(r.low)) / (f(r.high) - f(r.low))
-
-
 def uniform_draws(optimizer: str, params: Params) -> dict:
     """evaluate.random_draws points, each hyperparameter uniform on its sampling scale."""
-    names, space = optimizers.get(optimizer).hyperparams, params.study.search_space
+    names, ranges = optimizers.get(optimizer).hyperparams, params.study.search_space
     u = rng_for(params.study.seed, "random_draws", optimizer).random((params.evaluate.random_draws, len(names)))
-    return {h: from_unit(u[:, i], space[h]) for i, h in enumerate(names)}
+    return {h: from_unit(u[:, i], ranges[h]) for i, h in enumerate(names)}
 
 
 def refinement(optimizer: str, center: dict, params: Params) -> dict:
     """A finer grid around `center`: refine_points per axis over one landscape step either side."""
-    names, space = optimizers.get(optimizer).hyperparams, params.study.search_space
+    names, ranges = optimizers.get(optimizer).hyperparams, params.study.search_space
     step = 1.0 / (landscape.grid_side(len(names), params.evaluate) - 1)
-    axes = [np.clip(to_unit(center[h], space[h]) + np.linspace(-step, step, params.evaluate.refine_points), 0, 1)
+    axes = [np.clip(space.position(center[h], ranges[h]) + np.linspace(-step, step, params.evaluate.refine_points), 0, 1)
             for h in names]
     mesh = np.meshgrid(*axes, indexing="ij")
-    return {h: from_unit(m.reshape(-1), space[h]) for h, m in zip(names, mesh)}
+    return {h: from_unit(m.reshape(-1), ranges[h]) for h, m in zip(names, mesh)}
 
 
 def with_seeds(points: dict, params: Params) -> tuple:
