@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.core import optimizers
+from pipeline.core import network, optimizers, problems
 from pipeline.core.config import TrainParams
 from pipeline.core.data import Dataset
 from pipeline.core.tfimport import tf
@@ -25,7 +25,7 @@ from pipeline.core.tfimport import tf
 class TrainResult(NamedTuple):
     examples: np.ndarray  # (R,) examples seen at each record
     losses: np.ndarray  # (K, R) training loss over all rows at each record (float64)
-    effective_lr: np.ndarray  # (K, R, P) per-coordinate effective lr at each record, P = d + 1 (w..., b)
+    effective_lr: np.ndarray  # (K, R, C): the columns problems.lr_columns names (per coordinate, or per-layer quantiles)
     params: np.ndarray  # (K, P) final parameters (w..., b)
     diverged: np.ndarray  # (K,) True where the run hit inf/NaN or blew up (see TrainParams.diverge_factor)
     initial_loss: np.ndarray  # (K,) the loss at the start of training: what a diverged run scores
@@ -75,21 +75,32 @@ def schedule(n_rows: int, protocol: TrainParams) -> Schedule:
 
 @functools.lru_cache(maxsize=4096)
 def seed_stream(seed: int, n_rows: int, n_features: int, protocol: TrainParams):
-    """What a seed decides: initial parameters (P,) and batch row indices (epochs, steps, batch).
-
-    Cached: studies reuse the same few seeds for every trial.
-    """
+    """What a seed decides for the linear model: initial parameters (P,) and batch row indices
+    (epochs, steps, batch). Cached: studies reuse the same few seeds for every trial."""
     w = protocol.init_std * tf.random.stateless_normal((n_features,), seed=(seed, 0), dtype=tf.float32)
     if protocol.init == "zeros":
         w = tf.zeros_like(w)
     theta0 = np.concatenate([w.numpy(), [0.0]]).astype(np.float32)
+    return theta0, batch_order(seed, n_rows, protocol)
+
+
+@functools.lru_cache(maxsize=4096)
+def batch_order(seed: int, n_rows: int, protocol: TrainParams) -> np.ndarray:
+    """Each epoch's permutation of the rows from stream (seed, epoch + 1), as (epochs, steps, batch):
+    every problem trained with a seed sees the same batches."""
     steps, b = math.ceil(n_rows / protocol.batch_size), protocol.batch_size
     epochs = []
     for epoch in range(protocol.epochs):
         keys = tf.random.stateless_uniform((n_rows,), seed=(seed, epoch + 1))
         perm = tf.argsort(keys, stable=True).numpy().astype(np.int32)
         epochs.append(np.pad(perm, (0, steps * b - n_rows)).reshape(steps, b))  # pad rows are masked
-    return theta0, np.stack(epochs)
+    return np.stack(epochs)
+
+
+@functools.lru_cache(maxsize=4096)
+def network_stream(seed: int, n_rows: int, sizes: tuple, protocol: TrainParams):
+    """What a seed decides for a network: its Glorot initial parameters and the batches."""
+    return network.initial_params(seed, sizes), batch_order(seed, n_rows, protocol)
 
 
 # Each new (K bucket, seeds bucket) shape traces once by design; TensorFlow's retracing warning
@@ -155,9 +166,11 @@ def train(
     hyper: dict,
     seeds,
     protocol: TrainParams,
+    problem: str = "linreg",
 ) -> TrainResult:
-    """Train K configurations: hyper maps each of the optimizer's hyperparameters to K values (or
-    one value for all), seeds gives K seeds (or one)."""
+    """Train K configurations of a registered problem's model: hyper maps each of the optimizer's
+    hyperparameters to K values (or one value for all), seeds gives K seeds (or one). `protocol`
+    is the problem's (problems.protocol)."""
     opt = optimizers.get(optimizer)
     missing = set(opt.hyperparams) - set(hyper)
     if missing:
@@ -171,39 +184,43 @@ def train(
     n_rows, n_features = dataset.features.shape
     sched = schedule(n_rows, protocol)
     unique_seeds, seed_index = np.unique(seeds, return_inverse=True)
-    streams = [seed_stream(int(s), n_rows, n_features, protocol) for s in unique_seeds]
+    model = problems.get(problem)
+    sizes = problems.layer_sizes(problem, n_features)
+    if model.hidden:
+        streams = [network_stream(int(s), n_rows, sizes, protocol) for s in unique_seeds]
+    else:
+        streams = [seed_stream(int(s), n_rows, n_features, protocol) for s in unique_seeds]
     theta0 = np.stack([s[0] for s in streams])
     batches = np.stack([s[1].reshape(-1, protocol.batch_size) for s in streams], axis=1)  # (T, S, B)
 
     # Pad K and S to powers of two by repeating the first entry: padded rows train and are dropped.
-    kb, sb = _bucket(k), _bucket(len(unique_seeds))
+    kb, sb = max(_bucket(k), 2 if model.hidden else 1), _bucket(len(unique_seeds))  # network.py: why 2
     pad_k = lambda a: np.concatenate([a, np.repeat(a[:1], kb - k, axis=0)])
     theta0 = np.concatenate([theta0, np.repeat(theta0[:1], sb - len(theta0), axis=0)])
     batches = np.concatenate([batches, np.repeat(batches[:, :1], sb - batches.shape[1], axis=1)], axis=1)
+    loop = (tf.constant(batches), tf.constant(sched.step_rows.astype(np.int32)), tf.constant(sched.record_end),
+            len(sched.examples), tf.constant(pad_k(seed_index.astype(np.int32))), tf.constant(theta0),
+            {name: tf.constant(pad_k(v)[:, None]) for name, v in values.items()})
 
-    xs = np.concatenate([dataset.features, np.ones((n_rows, 1), np.float32)], axis=1)
-    gram = gram_matrix(dataset)
-    theta, losses, eff_lr = _compiled(optimizer)(
-        tf.constant(xs),
-        tf.constant(dataset.target),
-        tf.constant(gram),
-        tf.constant(batches),
-        tf.constant(sched.step_rows.astype(np.int32)),
-        tf.constant(sched.record_end),
-        len(sched.examples),
-        tf.constant(pad_k(seed_index.astype(np.int32))),
-        tf.constant(theta0),
-        {name: tf.constant(pad_k(v)[:, None]) for name, v in values.items()},
-    )
+    if model.hidden:
+        theta, losses, eff_lr = network.compiled(optimizer, sizes, model.activation)(
+            tf.constant(dataset.features), tf.constant(dataset.target), *loop)
+        start = network.numpy_loss(dataset.features, dataset.target, theta0[seed_index], sizes, model.activation)
+    else:
+        xs = np.concatenate([dataset.features, np.ones((n_rows, 1), np.float32)], axis=1)
+        gram = gram_matrix(dataset)
+        theta, losses, eff_lr = _compiled(optimizer)(
+            tf.constant(xs), tf.constant(dataset.target), tf.constant(gram), *loop)
+        start = _loss(gram, theta0[seed_index])
     theta, losses, eff_lr = theta.numpy()[:k], losses.numpy().T[:k], eff_lr.numpy().transpose(1, 0, 2)[:k]
-    start = _loss(gram, theta0[seed_index])
     with np.errstate(invalid="ignore"):
         blew_up = (losses > protocol.diverge_factor * start[:, None]).any(axis=1)
     diverged = ~(np.isfinite(losses).all(axis=1) & np.isfinite(theta).all(axis=1)) | blew_up
     return TrainResult(sched.examples, losses, eff_lr, theta, diverged, start)
 
 
-def train_groups(dataset: Dataset, optimizer: str, groups: list, protocol: TrainParams) -> list:
+def train_groups(dataset: Dataset, optimizer: str, groups: list, protocol: TrainParams,
+                 problem: str = "linreg") -> list:
     """Several (hyper, seeds) groups in one call, one TrainResult each: the loop compiles once
     for them all instead of once per group shape."""
     sizes, hypers, seeds = [], [], []
@@ -215,7 +232,7 @@ def train_groups(dataset: Dataset, optimizer: str, groups: list, protocol: Train
         hypers.append({h: np.broadcast_to(np.asarray(hyper[h], np.float32), (k,)) for h in names})
         seeds.append(np.broadcast_to(group_seeds, (k,)))
     result = train(dataset, optimizer, {h: np.concatenate([g[h] for g in hypers]) for h in names},
-                   np.concatenate(seeds), protocol)
+                   np.concatenate(seeds), protocol, problem)
     ends = np.cumsum(sizes)
     return [result.take(slice(end - k, end)) for k, end in zip(sizes, ends)]
 

@@ -49,7 +49,7 @@ class AdadeltaState(NamedTuple):
 
 
 class AdamState(NamedTuple):
-    t: "tf.Tensor"  # steps taken, for the bias correction
+    t: "tf.Tensor"  # steps taken, for the bias correction: (K, 1)
     v: "tf.Tensor"  # leaky average of gradients (momentum)
     s: "tf.Tensor"  # leaky average of squared gradients (Yogi's own average for Yogi)
 
@@ -143,7 +143,8 @@ def scale_by_adam(beta1: str, beta2: str, second_moment=leaky_average, eps: floa
         state = AdamState(t=state.t + 1.0, v=leaky_average(state.v, u, h[beta1]),
                           s=second_moment(state.s, tf.square(u), h[beta2]))
         return bias_corrected(state.v, h[beta1], state.t) * scale(state, h), state
-    return Transform((beta1, beta2), lambda params: AdamState(_zeros(params), _zeros(params), _zeros(params)),
+    # t is one count per configuration, (K, 1): a per-coordinate copy would cost a power per parameter.
+    return Transform((beta1, beta2), lambda params: AdamState(_zeros(params[:, :1]), _zeros(params), _zeros(params)),
                      update, scale)
 
 
