@@ -1,11 +1,11 @@
 """`python -m pipeline <command>`: thin commands over the stage functions. DVC stages call these."""
-import argparse
 import json
 import os
 import sys
 
 import numpy as np
 
+from pipeline import arguments
 from pipeline.core import config, data, paths
 from pipeline.core.errors import PipelineError
 
@@ -51,13 +51,18 @@ def cmd_train(args, params: config.Params) -> None:
 
     from pipeline.core import engine
 
-    protocol = config.validated(dataclasses.replace, params.train, **{
+    protocol = config.validated(dataclasses.replace, config.for_problem(params, args.problem).train, **{
         k: v for k, v in (("batch_size", args.batch_size), ("epochs", args.epochs), ("init", args.init)) if v is not None})
     hyper = _hyper(args, params.book, "book")
-    result = engine.train(data.load_prepared(), args.optimizer, hyper, [args.seed], protocol)
+    dataset = data.load_prepared()
+    result = engine.train(dataset, args.optimizer, hyper, [args.seed], protocol, args.problem)
     diverged = bool(result.diverged[0])
     if args.json:
         print(json.dumps({
+            "problem": args.problem,
+            "architecture": engine.architecture(dataset, args.problem),
+            "initial_parameters": engine.initial_layers(dataset, args.seed, protocol, args.problem),
+            "protocol": dataclasses.asdict(protocol),
             "optimizer": args.optimizer,
             "hyperparameters": hyper,
             "seed": args.seed,
@@ -65,6 +70,7 @@ def cmd_train(args, params: config.Params) -> None:
             "final_loss": None if diverged else float(result.final_loss[0]),
             "examples": result.examples.tolist(),
             "losses": [x if np.isfinite(x) else None for x in result.losses[0].tolist()],
+            "effective_lr_columns": list(engine.lr_columns(dataset, args.problem)),
             "effective_lr": [[x if np.isfinite(x) else None for x in row] for row in result.effective_lr[0].tolist()],
         }))
     elif diverged:
@@ -114,6 +120,7 @@ def cmd_study(args, params: config.Params) -> None:
     # A helper (--worker) never starts helpers of its own, whatever study.workers says.
     workers = 1 if args.worker else (args.workers or params.study.workers)
     progress = sys.stderr.isatty() and not os.environ.get("CI") and not args.worker
+    params = config.for_problem(params, args.problem)
     result, outcome, timings = study.run(args.optimizer, params, storage_url, _tracking_uri(), workers, args.worker,
                                          args.params, progress, _source_tags(params))
     if outcome is None:
@@ -132,12 +139,13 @@ def cmd_evaluate(args, params: config.Params) -> None:
 
     summary = evaluate.run(params, _tracking_uri())
     number = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
-    for name, s in summary["optimizers"].items():
-        tuned, book = s["tuned_final_loss"], s["book_final_loss"]
-        diverged = f", {tuned['diverged_seeds']} seeds diverged" if tuned["diverged_seeds"] else ""
-        print(f"{name}: tuned {number(tuned['mean'], '.6f')} +/- {number(tuned['ci95'], '.6f')}{diverged} "
-              f"(book {number(book['mean'], '.6f')}), regret {number(s['regret'], '.2e')}, "
-              f"Keras max diff {number(s['keras_max_abs_diff'], '.1e')}")
+    for problem, result in summary["problems"].items():
+        for name, s in result["optimizers"].items():
+            tuned, book = s["tuned_final_loss"], s["book_final_loss"]
+            diverged = f", {tuned['diverged_seeds']} seeds diverged" if tuned["diverged_seeds"] else ""
+            print(f"{problem} {name}: tuned {number(tuned['mean'], '.6f')} +/- {number(tuned['ci95'], '.6f')}{diverged} "
+                  f"(book {number(book['mean'], '.6f')}), regret {number(s['regret'], '.2e')}, "
+                  f"Keras max diff {number(s['keras_max_abs_diff'], '.1e')}")
 
 
 def cmd_report(args, params: config.Params) -> None:
@@ -171,95 +179,8 @@ def cmd_ui(args, params: config.Params) -> None:
                        env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri})
 
 
-def _flag(annotation, convert):
-    """An argparse type that checks a flag with the same rule params.yaml is checked with."""
-    def parse(text: str):
-        try:
-            return config.check(annotation, convert(text), "")
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(f"{e}") from None
-    return parse
-
-
-_positive_int = _flag(config.Positive, int)
-_positive_float = _flag(config.PositiveFloat, float)
-_unit_interval = _flag(config.Fraction, float)
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage mistakes in one line, like every other error here (subcommands inherit this)."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from pipeline.core.optimizers import HYPERPARAMETERS, OPTIMIZERS
-
-    parser = _Parser(prog="python -m pipeline", description=__doc__)
-    parser.add_argument("--params", default=str(config.PARAMS_FILE), help="params file (default: %(default)s)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-
-    p = sub.add_parser("download", help="fetch the airfoil file and verify its SHA-1",
-                       description=f"Fetch data.url into {paths.RAW_PATH} and verify data.sha1. "
-                       "If AIRFOIL_MIRROR is set (a path or URL), it is tried first.")
-    p.set_defaults(func=cmd_download)
-
-    p = sub.add_parser("prepare", help="validate, standardize, keep the first data.n_rows rows",
-                       description=f"Validate {paths.RAW_PATH}, standardize every column and write the "
-                       f"first data.n_rows rows and stats.json to {paths.PREPARED_DIR}/.")
-    p.set_defaults(func=cmd_prepare)
-
-    def optimizer_flags(p, defaults: str, *aliases):
-        p.add_argument("--optimizer", required=True, choices=sorted(OPTIMIZERS))
-        for h in HYPERPARAMETERS.values():  # one flag per hyperparameter the registry knows
-            names = [f"--{h.name}", *(a for a in aliases if h.name == "lr")]
-            p.add_argument(*names, dest=h.name, type=_unit_interval if h.kind == "decay" else _positive_float,
-                           help=f"{h.description} (default: {defaults})")
-
-    p = sub.add_parser("train", help="train one configuration and print its final loss",
-                       description="Train the book's linear regression once on the prepared data.")
-    optimizer_flags(p, "the book's setting, book.<optimizer> in params.yaml")
-    p.add_argument("--seed", type=int, default=0, help="fixes the initial weights and the shuffles (default: 0)")
-    p.add_argument("--batch-size", type=_positive_int, help="default: train.batch_size")
-    p.add_argument("--epochs", type=_positive_int, help="default: train.epochs")
-    p.add_argument("--init", choices=["normal", "zeros"], help="default: train.init")
-    p.add_argument("--json", action="store_true", help="print losses, examples and effective lr as JSON")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("study", help="run (or resume) the Optuna study of one optimizer",
-                       description="Search the optimizer's hyperparameters with a seeded TPE study "
-                       "(study.* in params.yaml), log every trial to MLflow, write studies/<optimizer>/.")
-    p.add_argument("optimizer", choices=sorted(OPTIMIZERS))
-    p.add_argument("--storage", help="Optuna storage URL (default: OPTUNA_STORAGE, else study.storage); "
-                   "prefer OPTUNA_STORAGE for URLs with a password, which the process list would show")
-    p.add_argument("--workers", type=_positive_int, help="worker processes on this machine (default: study.workers)")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a helper started by --workers
-    p.set_defaults(func=cmd_study)
-
-    p = sub.add_parser("evaluate", help="re-run the winners; compare them; landscape, samplers, 2-D",
-                       description="Read studies/*/best.json and trials.csv, write reports/evaluation/.")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("report", help="render reports/report.html and report.pdf from the evaluation",
-                       description="Render the report (HTML with embedded figures, and PDF) and log it to MLflow.")
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("ui", help="MLflow's UI, opened on this pipeline's studies",
-                       description="Print the URL of the studies' runs (the training-runs view of mlflow.experiment) "
-                       "and start `mlflow ui` on the tracking store (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db).")
-    p.add_argument("--host", default="127.0.0.1", help="default: %(default)s (loopback only)")
-    p.add_argument("--port", type=_positive_int, default=5000, help="default: %(default)s")
-    p.add_argument("--print-url", action="store_true", help="print the URL and exit")
-    p.set_defaults(func=cmd_ui)
-
-    p = sub.add_parser("quadratic", help="the book's 2-D demo on f = 0.1 x1^2 + 2 x2^2",
-                       description="Run an optimizer from (-5, -2) on f = 0.1 x1^2 + 2 x2^2 and print the book's line.")
-    optimizer_flags(p, "the 2-D demo's setting, evaluate.quadratic.<optimizer> in params.yaml", "--eta")
-    p.add_argument("--steps", type=_positive_int, default=20, help="default: %(default)s")
-    p.add_argument("--trace", help="also write the path as CSV (step,x1,x2,f) to this file")
-    p.set_defaults(func=cmd_quadratic)
-    return parser
+COMMANDS = {"download": cmd_download, "prepare": cmd_prepare, "train": cmd_train, "study": cmd_study,
+            "evaluate": cmd_evaluate, "report": cmd_report, "ui": cmd_ui, "quadratic": cmd_quadratic}
 
 
 def _stop_on_sigterm(signum, frame):
@@ -281,12 +202,12 @@ def main(argv=None) -> int:
     import logging
 
     install_signal_handlers()
-    args = build_parser().parse_args(argv)
+    args = arguments.build_parser(__doc__).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
     try:
         params = config.load_params(args.params)
-        args.func(args, params)
+        COMMANDS[args.command](args, params)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -18,7 +18,7 @@ import yaml
 from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
-from pipeline.core import optimizers
+from pipeline.core import optimizers, problems
 from pipeline.core.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
@@ -62,6 +62,7 @@ class Range:
 
 @frozen
 class StudyParams:
+    problems: list  # each a name in the problem registry (pipeline/core/problems.py)
     optimizers: list
     n_trials: Positive
     seeds_per_trial: Positive
@@ -105,6 +106,12 @@ class Params:
     study: StudyParams
     evaluate: EvaluateParams
     mlflow: MlflowParams
+    problem: StrictStr = "linreg"  # not in params.yaml: set by for_problem, which also sets train
+
+
+def for_problem(params: Params, problem: str) -> Params:
+    """The params one problem's stages run with: its name, and `train` with the problem's changes."""
+    return dataclasses.replace(params, problem=problem, train=problems.protocol(problem, params.train))
 
 
 def _fail(where: str, message: str) -> typing.NoReturn:
@@ -232,16 +239,24 @@ def _validate_study(study: StudyParams) -> StudyParams:
         _fail("study.optimizers", f"list at least one optimizer by name, got {study.optimizers!r}")
     if len(set(study.optimizers)) != len(study.optimizers):
         _fail("study.optimizers", f"each optimizer once, got {study.optimizers!r}")
+    if not study.problems or len(set(study.problems)) != len(study.problems):
+        _fail("study.problems", f"list each problem once, got {study.problems!r}")
+    for name in study.problems:
+        if name not in problems.PROBLEMS:
+            _fail("study.problems", f"unknown problem {name!r}: choose from {', '.join(problems.PROBLEMS)}")
     space = {name: _validate_range(name, r) for name, r in study.search_space.items()}
     for name in study.optimizers:  # a hyperparameter params.yaml leaves out gets the registry's range
         for h in optimizers.get(name).hyperparams:
             space.setdefault(h, Range(*optimizers.hyperparameter(h).search))
-    return dataclasses.replace(study, search_space=space, optimizers=list(study.optimizers))
+    return dataclasses.replace(study, search_space=space, optimizers=list(study.optimizers),
+                               problems=list(study.problems))
 
 
 def parse_params(raw) -> Params:
     if not isinstance(raw, dict):
         _fail("top level", f"expected a mapping, got {type(raw).__name__}")
+    if "problem" in raw:  # set per stage from study.problems, never by hand
+        _fail("problem", "unknown key; did you mean 'study.problems'?")
     params = validated(TypeAdapter(Params).validate_python, raw)
     if params.evaluate.seeds < 2:
         _fail("evaluate.seeds", "need at least 2 seeds for a confidence interval")

@@ -237,6 +237,38 @@ def train_groups(dataset: Dataset, optimizer: str, groups: list, protocol: Train
     return [result.take(slice(end - k, end)) for k, end in zip(sizes, ends)]
 
 
+def architecture(dataset: Dataset, problem: str) -> dict:
+    """A problem's model as `train --json` prints it."""
+    model = problems.get(problem)
+    return {"layers": list(problems.layer_sizes(problem, dataset.features.shape[1])),
+            "activation": model.activation, "description": model.description}
+
+
+def initial_layers(dataset: Dataset, seed: int, protocol: TrainParams, problem: str) -> list:
+    """A seed's initial parameters layer by layer, weights (fan_in x fan_out) then bias: what anyone
+    needs to recompute a run (with the batches, engine.batch_order)."""
+    n_rows, n_features = dataset.features.shape
+    sizes = problems.layer_sizes(problem, n_features)
+    theta0 = (network_stream(seed, n_rows, sizes, protocol) if problems.get(problem).hidden
+              else seed_stream(seed, n_rows, n_features, protocol))[0]
+    return [{"weights": theta0[w0:b0].reshape(sizes[i], sizes[i + 1]).tolist(), "bias": theta0[b0:end].tolist()}
+            for i, (w0, b0, end) in enumerate(network.layer_slices(sizes))]
+
+
+def initial_loss(dataset: Dataset, seeds, protocol: TrainParams, problem: str) -> np.ndarray:
+    """(K,) the training loss at the start of training for each seed: what a diverged run scores."""
+    n_rows, n_features = dataset.features.shape
+    sizes, model = problems.layer_sizes(problem, n_features), problems.get(problem)
+    if model.hidden:
+        theta0 = np.stack([network_stream(int(s), n_rows, sizes, protocol)[0] for s in seeds])
+        return network.numpy_loss(dataset.features, dataset.target, theta0, sizes, model.activation)
+    return _loss(gram_matrix(dataset), np.stack([seed_stream(int(s), n_rows, n_features, protocol)[0] for s in seeds]))
+
+
+def lr_columns(dataset: Dataset, problem: str) -> tuple:
+    return problems.lr_columns(problem, dataset.features.shape[1])
+
+
 def gram_matrix(dataset: Dataset) -> np.ndarray:
     """[X, 1, y]^T [X, 1, y] / n in float64: the training loss of any (w, b) is 0.5 v^T G v."""
     n = len(dataset.target)

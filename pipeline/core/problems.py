@@ -19,18 +19,19 @@ class Problem(NamedTuple):
     protocol: dict  # changes to params.yaml's `train` (batch_size, epochs, record_every)
     floor: str  # "least_squares": the closed-form minimum; "best_known": the lowest loss any run found
     dense_analyses: bool  # landscape grid, random search, sampler race, Keras parity: affordable here
+    convex: bool  # the report's claim about Adagrad contrasts convex and non-convex problems
     description: str  # one line for the report
 
 
 PROBLEMS = {p.name: p for p in (
-    Problem("linreg", "linear regression (convex)", (), "none", {}, "least_squares", True,
+    Problem("linreg", "linear regression (convex)", (), "none", {}, "least_squares", True, True,
             "the book's linear regression y = Xw + b, w ~ N(0, train.init_std), b = 0: convex least squares"),
     # Two tanh layers of 64 (4,609 parameters), Glorot-uniform weights and zero biases from the seed.
     # tanh rather than ReLU: a smooth loss, so the float64 check holds on every step (no kink a rounding
     # error can flip) and no unit dies. 10 epochs (1,500 steps of 10 rows) keep every optimizer
     # improving at the last record and let Adagrad's sum of squares grow for 1,500 steps.
     Problem("mlp", "tanh network 5-64-64-1 (non-convex)", (64, 64), "tanh", {"epochs": 10, "record_every": 750},
-            "best_known", False,
+            "best_known", False, False,
             "a fully connected network 5 -> 64 -> 64 -> 1 with tanh, Glorot-uniform weights, zero biases"),
 )}
 

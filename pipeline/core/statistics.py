@@ -101,6 +101,13 @@ def verdict(test: dict, margin: float) -> str:
     return "equivalent" if -margin <= low and high <= margin else "inconclusive"
 
 
+def flipped(test: dict) -> dict:
+    """The test of b - a from the test of a - b: estimate and interval negated, verdict swapped."""
+    swap = {"better": "worse", "worse": "better"}
+    return {**test, "estimate": -test["estimate"], "ci": [-test["ci"][1], -test["ci"][0]],
+            "verdict": swap.get(test["verdict"], test["verdict"])}
+
+
 def probability_best(scores: np.ndarray, rng: np.random.Generator) -> list:
     """scores (seeds, optimizers), penalized: how often each optimizer has the lowest mean over a
     bootstrap resample of the seeds. Ties share the win equally, never given to the first column."""

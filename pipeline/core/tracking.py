@@ -124,9 +124,9 @@ class Tracker:
     def create_study_run(self, study_name: str, run_name: str, tags: dict) -> str:
         return self._call("create_run", name=run_name, tags={**tags, "study_name": study_name, "run_type": "study"})
 
-    def experiment_ids(self, optimizer: str) -> tuple:
-        """(the summary experiment, the optimizer's trials experiment), for links in notes."""
-        return self._call("summary_experiment_id"), self._call("trials_experiment_id", optimizer=optimizer)
+    def experiment_ids(self, group: str) -> tuple:
+        """(the summary experiment, a study's trials experiment; group "<problem> · <optimizer>"), for links."""
+        return self._call("summary_experiment_id"), self._call("trials_experiment_id", group=group)
 
     def reopen(self, run_id: str) -> None:
         self._call("set_status", run_id=run_id, status="RUNNING")
@@ -168,12 +168,12 @@ class Tracker:
         """Wait until every trial sent so far is in MLflow."""
         self._call("ping")
 
-    def delete_unfinished_trial_runs(self, parent_id: str, optimizer: str, number: int) -> None:
-        self._call("delete_unfinished_trial_runs", parent_id=parent_id, optimizer=optimizer, number=number)
+    def delete_unfinished_trial_runs(self, parent_id: str, group: str, number: int) -> None:
+        self._call("delete_unfinished_trial_runs", parent_id=parent_id, group=group, number=number)
 
-    def logged_trials(self, parent_id: str, optimizer: str) -> dict:
+    def logged_trials(self, parent_id: str, group: str) -> dict:
         """trial number -> its child runs' statuses."""
-        return {int(k): v for k, v in self._call("logged_trials", parent_id=parent_id, optimizer=optimizer).items()}
+        return {int(k): v for k, v in self._call("logged_trials", parent_id=parent_id, group=group).items()}
 
     def log_run(self, group: str, name: str, tags: dict, params: dict, metrics: dict, curves: dict) -> None:
         """A run in the experiment `<experiment> · <group>`: scalar metrics, and curves as

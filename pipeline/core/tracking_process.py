@@ -57,19 +57,20 @@ class _Mlflow:
                 raise
             return found.experiment_id
 
-    def trials_experiment_id(self, optimizer):
-        """Trial runs live in an experiment per optimizer, so the summary experiment's first
-        screen holds every study (and the report), however many trials they ran."""
-        if optimizer not in self._trial_experiments:
-            self._trial_experiments[optimizer] = self._experiment(f"{self.experiment} · {optimizer} trials")
-        return self._trial_experiments[optimizer]
+    def trials_experiment_id(self, group):
+        """Trial runs live in an experiment per study (group: "<problem> · <optimizer>"), so the
+        summary experiment's first screen holds every study (and the report), however many trials they ran."""
+        if group not in self._trial_experiments:
+            self._trial_experiments[group] = self._experiment(f"{self.experiment} · {group} trials")
+        return self._trial_experiments[group]
 
     def summary_experiment_id(self):
         return self.experiment_id
 
     def trial(self, number, tags, metrics, params, status, start_ms, end_ms):
-        run = self.client.create_run(self.trials_experiment_id(tags["optimizer"]), start_time=start_ms, tags=tags,
-                                     run_name=f"{tags['optimizer']} trial {number:04d}")
+        group = f"{tags['problem']} · {tags['optimizer']}"
+        run = self.client.create_run(self.trials_experiment_id(group), start_time=start_ms, tags=tags,
+                                     run_name=f"{group} trial {number:04d}")
         self.client.log_batch(run.info.run_id, metrics=[self.Metric(*m) for m in metrics],
                               params=[self.Param(k, v) for k, v in params.items()])
         self.client.set_terminated(run.info.run_id, status=status, end_time=end_ms)
@@ -123,17 +124,17 @@ class _Mlflow:
             pass
         return self.client.get_run(run_id).data.params[key]
 
-    def delete_unfinished_trial_runs(self, parent_id, optimizer, number):
+    def delete_unfinished_trial_runs(self, parent_id, group, number):
         """A trial's runs left RUNNING when the store went away between creating and ending them."""
-        for run in self.client.search_runs([self.trials_experiment_id(optimizer)],
+        for run in self.client.search_runs([self.trials_experiment_id(group)],
                                            f"tags.`{PARENT}` = '{parent_id}' and tags.trial_number = '{number}'"):
             if run.info.status == "RUNNING":
                 self.client.delete_run(run.info.run_id)
 
-    def logged_trials(self, parent_id, optimizer):
+    def logged_trials(self, parent_id, group):
         found, token = {}, None
         while True:
-            page = self.client.search_runs([self.trials_experiment_id(optimizer)], f"tags.`{PARENT}` = '{parent_id}'",
+            page = self.client.search_runs([self.trials_experiment_id(group)], f"tags.`{PARENT}` = '{parent_id}'",
                                            max_results=5000, page_token=token)
             for run in page:
                 found.setdefault(run.data.tags["trial_number"], []).append(run.info.status)

@@ -44,7 +44,8 @@ def compare(dataset: Dataset, optimizer: str, params: Params, penalty: float) ->
             hypers = {key: space.suggest_all(trial, optimizer, p.search_space) for key, trial in asked.items()}
             names = optimizers.get(optimizer).hyperparams
             grid = {h: np.repeat([hypers[key][h] for key in keys], len(seeds)) for h in names}
-            result = engine.train(dataset, optimizer, grid, np.tile(seeds, len(keys)), params.train)
+            result = engine.train(dataset, optimizer, grid, np.tile(seeds, len(keys)), params.train,
+                                  params.problem)
             score = result.score(p.objective).reshape(len(keys), -1)
             diverged = result.diverged.reshape(len(keys), -1).any(axis=1)
             for i, key in enumerate(keys):

@@ -63,7 +63,7 @@ def _tuned_and_book(d, ax, column: str, lowest=None) -> None:
 def fig_convergence(d):
     fig, ax = plt.subplots(figsize=(7, 3.6))
     _tuned_and_book(d, ax, "loss")
-    ax.axhline(d.floor, color="k", lw=0.8, ls=":", label="least-squares floor")
+    ax.axhline(d.floor, color="k", lw=0.8, ls=":", label=d.floor_name)
     ax.set(xlabel="examples seen", ylabel="training loss (mean of (y_hat - y)^2 / 2)",
            ylim=(d.floor - 0.005, min(0.5, ax.get_ylim()[1])))
     ax.legend(ncol=2 if len(d.optimizers) <= 4 else 3, fontsize=6)
@@ -71,7 +71,7 @@ def fig_convergence(d):
                        f"{fmt_loss(d.opt[o]['book_final_loss'], 4)})" for o in d.optimizers)
     return fig, (f"Loss over training, tuned (solid, band = min to max over {len(d.summary['seeds'])} seeds) and "
                  f"book settings (dashed). Final losses, mean over the seeds that did not diverge: {finals}; "
-                 f"floor {d.floor:.4f}.")
+                 f"{d.floor_name} {d.floor:.4f}.")
 
 
 def fig_excess(d):
@@ -82,7 +82,7 @@ def fig_excess(d):
     ax.legend(ncol=2 if len(d.optimizers) <= 4 else 3, fontsize=6)
     ex = "; ".join(f"{label(o)} {d.opt[o]['tuned_final_loss']['mean'] - d.floor:.2e}" for o in d.optimizers
                    if d.opt[o]["tuned_final_loss"]["mean"] is not None)
-    return fig, f"Excess loss over the least-squares floor {d.floor:.4f}, log scale. Final excess (tuned, mean): {ex}."
+    return fig, f"Excess loss over the {d.floor_name} {d.floor:.4f}, log scale. Final excess (tuned, mean): {ex}."
 
 
 def effective_lr_story(d, o: str, family: str) -> str:

@@ -34,7 +34,7 @@ def run(optimizer: str, params: Params, storage_url: str, tracking_uri: str, wor
         if workers > 1:  # helpers start once the stores are known to work, then import TensorFlow beside us
             tracker.ready()
             store = store or open_store()
-            helpers = worker_processes.spawn(optimizer, workers - 1, storage_url, params_file)
+            helpers = worker_processes.spawn(optimizer, params.problem, workers - 1, storage_url, params_file)
         try:
             from pipeline.stages.study import outputs  # TensorFlow, while MLflow's process starts
 
@@ -52,7 +52,7 @@ def run(optimizer: str, params: Params, storage_url: str, tracking_uri: str, wor
             sink.report_waiting(study)
         if helper:
             return study, None, timings  # the worker that started it writes the outputs
-        outcome = outputs.write_outputs(study, optimizer, params, storage.study_dir(optimizer), timings)
+        outcome = outputs.write_outputs(study, optimizer, params, storage.study_dir(params.problem, optimizer), timings)
         if not sink.lost:
             outputs.log_study_summary(tracker, sink.parent_id, study, optimizer, outcome, params)
     return study, outcome, timings

@@ -31,13 +31,14 @@ class Mirror:
 
     def __init__(self, tracker: Tracker, parent_id: str, optimizer: str, params: Params):
         self.tracker, self.parent_id, self.optimizer, self.params = tracker, parent_id, optimizer, params
+        self.group = labels.group(optimizer, params)
         self.lost = None  # why MLflow stopped taking runs, once it did
 
     @classmethod
     def attach(cls, tracker: Tracker, study, created: bool, optimizer: str, params: Params, tags: dict) -> "Mirror":
         """The study's mirror: its one parent run found or made, and the finished trials dead
         workers left unlogged logged now. MLflow must work here, before any trial runs."""
-        tags = {**tags, "optimizer": optimizer, "params_digest": study.study_name.rsplit("-", 1)[1]}
+        tags = {**tags, "problem": params.problem, "optimizer": optimizer, "params_digest": study.study_name.rsplit("-", 1)[1]}
         parent_id = _parent_run(study, created, tracker, tags, params.study.grace_s, labels.run_name(optimizer, params))
         synced = sync_mlflow(study, tracker, parent_id, optimizer, params)
         if synced:
@@ -79,9 +80,9 @@ class Mirror:
         waiting = [t.number for t in study.get_trials(deepcopy=False)
                    if t.state != TrialState.RUNNING and storage.owner(t) == (storage.HOST, os.getpid())
                    and t.number not in confirmed]
-        log.warning("%d trial run(s) of %s are waiting for MLflow: rerun `python -m pipeline study %s` once "
+        log.warning("%d trial run(s) of %s are waiting for MLflow: rerun `python -m pipeline study %s --problem %s` once "
                     "tracking is back (Optuna keeps them; each is logged once)", len(waiting), study.study_name,
-                    self.optimizer)
+                    self.optimizer, self.params.problem)
         return len(waiting)
 
 
@@ -129,12 +130,12 @@ def log_trial(tracker: Tracker, parent_id: str, optimizer: str, params: Params, 
         if trial.state == TrialState.COMPLETE:
             metrics.update(objective=trial.value, final_loss=float(np.mean(record["seed_losses"])))
     kind = storage.failure(trial)
-    tags = {"optimizer": optimizer, "state": trial.state.name,
+    tags = {"problem": params.problem, "optimizer": optimizer, "state": trial.state.name,
             **({"fail_reason": reason, "failure": kind.value} if kind else {})}
     end = trial.datetime_complete or trial.datetime_start
     tracker.log_trial(
         parent_id, trial.number,
-        params={"optimizer": optimizer, **hyper, "batch_size": params.train.batch_size, "epochs": params.train.epochs,
+        params={"problem": params.problem, "optimizer": optimizer, **hyper, "batch_size": params.train.batch_size, "epochs": params.train.epochs,
                 "seeds": ",".join(map(str, range(params.study.seeds_per_trial))), "trial_number": trial.number},
         metrics=metrics, curves=curves, tags=tags, status=run_status(trial),
         start_ms=int(trial.datetime_start.timestamp() * 1000), end_ms=int(end.timestamp() * 1000),
@@ -169,7 +170,8 @@ def sync_mlflow(study, tracker: Tracker, parent_id: str, optimizer: str, params:
     one finished longer than grace_s ago. Other live workers' recent trials are left to them, and
     every trial not our own is claimed first, so no trial is logged twice. Returns how many."""
     tracker.flush()
-    logged, now, added = tracker.logged_trials(parent_id, optimizer), time.time(), 0
+    group = labels.group(optimizer, params)
+    logged, now, added = tracker.logged_trials(parent_id, group), time.time(), 0
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.RUNNING:
             continue
@@ -185,7 +187,7 @@ def sync_mlflow(study, tracker: Tracker, parent_id: str, optimizer: str, params:
             added += 1
         elif (mine or storage.owner_gone(t) or abandoned or stale) and claim(tracker, parent_id, t.number):
             if broken:
-                tracker.delete_unfinished_trial_runs(parent_id, optimizer, t.number)
+                tracker.delete_unfinished_trial_runs(parent_id, group, t.number)
             log_trial(tracker, parent_id, optimizer, params, t)
             added += 1
     tracker.flush()

@@ -54,7 +54,7 @@ def write_outputs(study: optuna.Study, optimizer: str, params: Params, out_dir: 
     trials, extra = counted_trials(study, params.study.n_trials)
     if len(trials) < params.study.n_trials:
         raise PipelineError(f"{optimizer}: only {len(trials)} of {params.study.n_trials} trials are done: "
-                            f"rerun `python -m pipeline study {optimizer}` to finish the study")
+                            f"rerun `python -m pipeline study {optimizer} --problem {params.problem}` to finish the study")
     seeds = params.study.seeds_per_trial
     with fileio.atomic_path(out_dir / "trials.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -78,7 +78,7 @@ def write_outputs(study: optuna.Study, optimizer: str, params: Params, out_dir: 
         log.info("%s: %d extra trial(s) finished by racing workers; outputs use the first %d by number",
                  optimizer, extra, params.study.n_trials)
     fileio.write_json(out_dir / "best.json", {
-        "optimizer": optimizer, "study_name": study.study_name, "objective": params.study.objective,
+        "problem": params.problem, "optimizer": optimizer, "study_name": study.study_name, "objective": params.study.objective,
         "value": best.value, "hyperparams": best_hyper, "trial_number": best.number, "warnings": edge,
     })
     metrics = {
@@ -128,12 +128,12 @@ def _note(tracker: Tracker, study, optimizer: str, outcome: StudyOutcome, params
     """The study's description on its MLflow run (Markdown): what it searched, its best trial,
     and where its trial runs are."""
     m, best = outcome.metrics, outcome.best
-    summary_id, trials_id = tracker.experiment_ids(optimizer)
+    summary_id, trials_id = tracker.experiment_ids(labels.group(optimizer, params))
     identity = labels.identity(optimizer, params)
     hyper = ", ".join(f"{h} {v:.4g}" for h, v in outcome.best_hyperparams.items())
-    return (f"**{optimizer}**: Optuna study `{study.study_name}` (TPE, seed {params.study.seed}), "
+    return (f"**{labels.group(optimizer, params)}**: Optuna study `{study.study_name}` (TPE, seed {params.study.seed}), "
             f"{m['trials']} trials ({m['diverged']} diverged) over "
             f"{', '.join(f'{h} {r}' for h, r in identity['search_space'].items())}; {identity['protocol']}; "
             f"objective {identity['objective']}.\n\n"
             f"Best: trial {best.number}, {params.study.objective} {best.value:.6f} with {hyper}.\n\n"
-            f"Trial runs: [{optimizer} trials](#/experiments/{trials_id}?workflowType=machine_learning).")
+            f"Trial runs: [{labels.group(optimizer, params)} trials](#/experiments/{trials_id}?workflowType=machine_learning).")

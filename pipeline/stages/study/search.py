@@ -13,21 +13,22 @@ from typing import NamedTuple, TypedDict
 
 import numpy as np
 
-from pipeline.core import engine, optimizers, pieces, space
+from pipeline.core import engine, network, optimizers, pieces, problems, space
 from pipeline.core.config import Params
 from pipeline.core.data import Dataset
 
 # Files whose content changes results: part of the study name, so a fix there starts a new study.
 RESULT_CODE = [Path(__file__), Path(space.__file__), Path(engine.__file__), Path(optimizers.__file__),
-               Path(pieces.__file__)]
+               Path(pieces.__file__), Path(network.__file__), Path(problems.__file__)]
 EDGE_FRACTION = 0.02  # a best value this close to a range end (as a fraction of its width) is "at the edge"
 
 
 def study_name(optimizer: str, params: Params, dataset: Dataset) -> str:
-    """Optimizer plus a digest of everything that changes the result (n_trials does not: raising
+    """Problem and optimizer plus a digest of everything that changes the result (n_trials does not: raising
     it extends the same study; nor do workers and heartbeats)."""
     opt = optimizers.get(optimizer)
     identity = {
+        "problem": params.problem,
         "optimizer": optimizer,
         "search_space": {h: dataclasses.asdict(params.study.search_space[h]) for h in opt.hyperparams},
         "train": dataclasses.asdict(params.train),
@@ -38,7 +39,7 @@ def study_name(optimizer: str, params: Params, dataset: Dataset) -> str:
         "code": hashlib.sha256(b"".join(p.read_bytes() for p in RESULT_CODE)).hexdigest(),
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    return f"{optimizer}-{digest[:16]}"
+    return f"{params.problem}-{optimizer}-{digest[:16]}"
 
 
 # --- the sampler and the edges of the space ---------------------------------------------------
@@ -90,7 +91,7 @@ def _finite(values) -> list:
 def evaluate_trial(hyper: dict, optimizer: str, params: Params, dataset: Dataset) -> Evaluation:
     """Train the trial's seeds in one engine call and score them."""
     seeds = np.arange(params.study.seeds_per_trial)
-    result = engine.train(dataset, optimizer, hyper, seeds, params.train)
+    result = engine.train(dataset, optimizer, hyper, seeds, params.train, params.problem)
     diverged = seeds[result.diverged].tolist()
     value = None if diverged else float(np.mean(result.score(params.study.objective)))
     with np.errstate(invalid="ignore"):

@@ -75,9 +75,9 @@ class FlockLock:
                 os.close(fd)  # drops the flock with it
 
 
-def study_dir(optimizer: str, root: Path = STUDIES_DIR) -> Path:
-    """studies/<optimizer>/: the stage's outputs, and the journal file if that is the storage."""
-    return Path(root) / optimizer
+def study_dir(problem: str, optimizer: str, root: Path = STUDIES_DIR) -> Path:
+    """studies/<problem>/<optimizer>/: the study stage's outputs."""
+    return Path(root) / problem / optimizer
 
 
 def open_storage(url: str, optimizer: str, study: StudyParams, root: Path = STUDIES_DIR):

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 
-def spawn(optimizer: str, n: int, storage_url: str, params_file: Path) -> list:
+def spawn(optimizer: str, problem: str, n: int, storage_url: str, params_file: Path) -> list:
     """n helper workers. The storage URL travels in the environment, so a password in it never
     shows in the process list."""
     env = {**os.environ, "OPTUNA_STORAGE": storage_url}
-    cmd = [sys.executable, "-m", "pipeline", "--params", str(params_file), "study", optimizer, "--worker"]
+    cmd = [sys.executable, "-m", "pipeline", "--params", str(params_file), "study", optimizer, "--problem", problem, "--worker"]
     return [subprocess.Popen(cmd, env=env) for _ in range(n)]
 
 
