@@ -203,12 +203,37 @@ def bench_against(baseline: str, repeats: int) -> str:
                       f"| ratio | {new / old:.2f}x |"])
 
 
+def bench_problems(repeats: int) -> str:
+    """Cold default `dvc repro` (both problems) against the same with `study.problems: [linreg]` and
+    against the whole chapter on both problems, alternating in fresh clones of this commit."""
+    env = {**os.environ, "CI": "true", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("OPTUNA_STORAGE", None)
+    linreg = lambda raw: raw["study"].update(problems=["linreg"])  # noqa: E731
+    chapter = lambda raw: raw["study"].update(optimizers=sorted(optimizers.OPTIMIZERS))  # noqa: E731
+    runs = {"linear regression only": (linreg, []), "default (linreg, mlp)": (None, []),
+            "whole chapter, both problems": (chapter, [])}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            for j, (name, (edit, times)) in enumerate(runs.items()):
+                times.append(run_measured(["dvc", "repro"], fresh_clone(Path(tmp), f"run{i}_{j}", edit), env)[0])
+    base = statistics.median(runs["linear regression only"][1])
+    rows = [f"| {name} | {statistics.median(t):.1f} s ({', '.join(f'{x:.1f}' for x in t)}) | "
+            f"{statistics.median(t) / base:.2f}x |" for name, (_, t) in runs.items()]
+    return "\n".join(["| cold `dvc repro` | median (runs) | over linear regression only |", "| --- | --- | --- |", *rows])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--baseline", help="only time cold dvc repro of this tree against this commit, side by side")
     parser.add_argument("--repeats", type=int, default=3, help="with --baseline: clones of each (default 3)")
+    parser.add_argument("--problems", action="store_true",
+                        help="only time cold dvc repro with both problems against linear regression only")
     args = parser.parse_args()
+    if args.problems:
+        print(bench_problems(args.repeats))
+        return
     if args.baseline:
         print(bench_against(args.baseline, args.repeats))
         return
