@@ -19,6 +19,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
                                 reason="no chromium here (apt-get install chromium); CI installs it")
 OPTIMIZERS = ["sgd", "adagrad", "rmsprop"]
+PROBLEMS = ["linreg", "mlp"]  # params.yaml's default
 
 
 @pytest.fixture(scope="module")
@@ -95,15 +96,16 @@ def test_mlflow_ui_shows_every_study_on_the_first_screen_and_a_drawn_trial_chart
     server = serve([sys.executable, "-m", "pipeline", "ui", "--port", str(port)], project, f"http://127.0.0.1:{port}/")
     try:
         page = open_page(browser, url)
-        for o in OPTIMIZERS:  # every study, named with its budget, without "Load more"
-            page.get_by_text(f"{o} · 8 trials", exact=False).first.wait_for(timeout=60_000)
-        assert page.get_by_text("report · sgd, adagrad, rmsprop").count() == 1
+        for p in PROBLEMS:  # every study, named by problem and optimizer with its budget, without "Load more"
+            for o in OPTIMIZERS:
+                page.get_by_text(f"{p} · {o} · 8 trials", exact=False).first.wait_for(timeout=60_000)
+        assert page.get_by_text("report · linreg, mlp · sgd, adagrad, rmsprop").count() == 1
         assert page.get_by_text("Load more").count() == 0
         page.screenshot(path=ARTIFACTS / "mlflow_studies.png", full_page=True)
 
         from mlflow import MlflowClient
         client = MlflowClient(f"sqlite:///{project}/mlflow.db")
-        trials = client.get_experiment_by_name("airfoil-optimizers · rmsprop trials")
+        trials = client.get_experiment_by_name("airfoil-optimizers · mlp · rmsprop trials")
         run = client.search_runs([trials.experiment_id], max_results=1)[0]
         trial = open_page(browser, f"http://127.0.0.1:{port}/#/experiments/{trials.experiment_id}/runs/"
                                    f"{run.info.run_id}/model-metrics?workflowType=machine_learning")
@@ -123,10 +125,11 @@ def test_optuna_dashboard_lists_every_study_and_draws_its_history(project, brows
     try:
         page = open_page(browser, f"http://127.0.0.1:{port}/dashboard")
         names = {}
-        for o in OPTIMIZERS:
-            item = page.get_by_text(f"{o}-", exact=False).first
-            item.wait_for(timeout=60_000)
-            names[o] = item.inner_text()
+        for p in PROBLEMS:  # each study named by its problem and optimizer
+            for o in OPTIMIZERS:
+                item = page.get_by_text(f"{p}-{o}-", exact=False).first
+                item.wait_for(timeout=60_000)
+                names[p, o] = item.inner_text()
         page.screenshot(path=ARTIFACTS / "optuna_dashboard.png", full_page=True)
         study = open_page(browser, f"http://127.0.0.1:{port}/dashboard/studies/2")
         study.get_by_text("final_loss").first.wait_for(timeout=60_000)  # the objective, named

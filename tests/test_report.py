@@ -14,7 +14,7 @@ from pypdf import PdfReader
 
 from pipeline.core import config
 from pipeline.stages import evaluate, report
-from pipeline.stages.evaluate import landscape
+from pipeline.stages.evaluate import landscape, problem as evaluation
 from pipeline.stages.study import storage, trials as study
 from conftest import run_env
 
@@ -45,12 +45,12 @@ def test_expected_best_holds_past_a_thousand_trials():
 def test_mean_ci_scores_diverged_seeds_by_the_rule_and_counts_them():
     from scipy import stats
     values, start = np.array([0.25, np.nan, 0.26, 0.24, np.inf]), np.array([0.5, 0.51, 0.49, 0.5, 0.52])
-    got = evaluate.mean_ci(values, start)
+    got = evaluation.mean_ci(values, start)
     scored = np.array([0.25, 0.51, 0.26, 0.24, 0.52])
     assert got["diverged_seeds"] == 2 and got["seeds"] == 5 and got["mean"] == pytest.approx(scored.mean())
     low, high = stats.t.interval(0.95, len(scored) - 1, loc=scored.mean(), scale=stats.sem(scored))
     assert got["ci95"] == pytest.approx((high - low) / 2)
-    every = evaluate.mean_ci(np.array([np.nan, np.nan]), np.array([0.5, 0.5]))
+    every = evaluation.mean_ci(np.array([np.nan, np.nan]), np.array([0.5, 0.5]))
     assert every == {"mean": 0.5, "ci95": 0.0, "diverged_seeds": 2, "seeds": 2}
 
 
@@ -58,11 +58,11 @@ def test_examples_to_floor_and_grid(dataset, params):
     from pipeline.core import engine
     result = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [0, 1], params.train)
     floor = dataset.stats["least_squares"]["loss"]
-    reached = evaluate.examples_to_floor(result, floor, 0.01)
+    reached = evaluation.examples_to_floor(result, floor, 0.01)
     for losses, x in zip(result.losses, reached):
         first = np.argmax(losses <= 1.01 * floor)
         assert x == result.examples[first] and (losses[:first] > 1.01 * floor).all()
-    assert evaluate.examples_to_floor(result, floor, 0.0) == [None, None]  # nobody reaches the floor itself
+    assert evaluation.examples_to_floor(result, floor, 0.0) == [None, None]  # nobody reaches the floor itself
     g = landscape.grid(params.study.search_space["gamma"], 4)
     assert g[0] == pytest.approx(0.5) and g[-1] == pytest.approx(0.999)
     assert np.allclose(np.diff(np.log(1 - g)), np.log(1 - g[1]) - np.log(1 - g[0]))  # even in log(1 - gamma)
@@ -84,27 +84,32 @@ def small_pipeline(project_copy) -> dict:
 
 
 def check_report(root, n_trials=6) -> str:
-    """Both reports have every section and figure, the PDF has the results table; the text."""
+    """Both reports have every section and figure, the PDF has each problem's results table; the text."""
     reports = root / "reports"
     summary = json.loads((reports / "summary.json").read_text())
+    params = config.load_params(root / "params.yaml")
+    r = report.Report(params, reports / "evaluation", reports / "summary.json", root / "studies",
+                      json.loads((root / "data/prepared/stats.json").read_text()))
 
     page = (reports / "report.html").read_text()
-    for section in report.SECTIONS:
+    for section in report.section_titles(r):
         assert f"<h2>{html.escape(section)}</h2>" in page
-    figures = [name for names in report.FIGURES.values() for name, _ in names]
-    for name in figures:
+    for name in report.figure_names(r):
         assert f"<figure id='{name}'><img alt='{name}' src='data:image/png;base64," in page
         assert (reports / "figures" / f"{name}.png").stat().st_size > 10_000
     assert "src='http" not in page and "<link" not in page and "<script" not in page  # opens offline
 
     text = " ".join(p.extract_text() for p in PdfReader(reports / "report.pdf").pages)
-    for section in report.SECTIONS:
+    for section in report.section_titles(r):
         assert section in text
-    for o in ("sgd", "adagrad", "rmsprop"):
-        s = summary["optimizers"][o]
-        assert f"{s['tuned_final_loss']['mean']:.5f} +/- {s['tuned_final_loss']['ci95']:.5f}" in text
-        assert f"{s['book_final_loss']['mean']:.5f}" in text
-        assert s["trials"] == n_trials and s["keras_max_abs_diff"] < 1e-5
+    for problem, result in summary["problems"].items():
+        for o in ("sgd", "adagrad", "rmsprop"):
+            s = result["optimizers"][o]
+            assert f"{s['tuned_final_loss']['mean']:.5f} +/- {s['tuned_final_loss']['ci95']:.5f}" in text
+            assert f"{s['book_final_loss']['mean']:.5f}" in text
+            assert s["trials"] == n_trials and (s["keras_max_abs_diff"] is None) == (problem != "linreg")
+            if problem == "linreg":
+                assert s["keras_max_abs_diff"] < 1e-5
     return page + text
 
 
@@ -118,11 +123,12 @@ def test_dvc_repro_runs_every_stage_then_reruns_only_what_changed(project_copy):
     # parent run per study with one child run per trial, and DVC sees their metrics.
     client = MlflowClient(f"sqlite:///{project_copy}/mlflow.db")
     exp = client.get_experiment_by_name("airfoil-optimizers").experiment_id
-    for name in ("sgd", "adagrad", "rmsprop"):
-        assert len(list(csv.DictReader(open(project_copy / f"studies/{name}/trials.csv")))) == 6
+    for problem, name in itertools.product(("linreg", "mlp"), ("sgd", "adagrad", "rmsprop")):
+        assert len(list(csv.DictReader(open(project_copy / f"studies/{problem}/{name}/trials.csv")))) == 6
         journal = storage.open_storage("journal", name, config.load_params(project_copy / "params.yaml").study,
                                        project_copy / "studies")
-        [summary] = [s for s in optuna.get_all_study_summaries(journal) if s.study_name.startswith(f"{name}-")]
+        [summary] = [s for s in optuna.get_all_study_summaries(journal)
+                     if s.study_name.startswith(f"{problem}-{name}-")]
         trials = optuna.load_study(study_name=summary.study_name, storage=journal).trials
         assert sum(study.is_counted(t) for t in trials) == 6
         listed = subprocess.run(["optuna", "studies", "--storage", "studies/optuna.journal",
@@ -131,14 +137,16 @@ def test_dvc_repro_runs_every_stage_then_reruns_only_what_changed(project_copy):
         listed = {s["name"]: s["n_trials"] for s in json.loads(listed.stdout)}
         assert listed[summary.study_name] == len(trials)
         [parent] = client.search_runs([exp], f"tags.study_name = '{summary.study_name}' and tags.run_type = 'study'")
-        assert parent.info.run_name == f"{name} · 6 trials · lr 0.0001..1" + (", gamma 0.5..0.999" if name == "rmsprop" else "")
+        assert parent.info.run_name == f"{problem} · {name} · 6 trials · lr 0.0001..1" + (
+            ", gamma 0.5..0.999" if name == "rmsprop" else "")
         assert f"Best: trial {parent.data.tags['best_trial']}," in parent.data.tags["mlflow.note.content"]
         assert parent.data.tags["mlflow.source.git.commit"] == parent.data.tags["git_commit"] != "unknown"
-        trials_exp = client.get_experiment_by_name(f"airfoil-optimizers · {name} trials").experiment_id
+        trials_exp = client.get_experiment_by_name(f"airfoil-optimizers · {problem} · {name} trials").experiment_id
         children = client.search_runs([trials_exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
         assert sorted(int(r.data.tags["trial_number"]) for r in children) == [t.number for t in trials]
-        assert {"lr", "optimizer", "seeds", "batch_size", "epochs", "trial_number"} <= set(children[0].data.params)
-        assert [m.step for m in client.get_metric_history(children[0].info.run_id, "loss")] == list(range(200, 3001, 200))
+        assert {"lr", "problem", "optimizer", "seeds", "batch_size", "epochs", "trial_number"} <= set(children[0].data.params)
+        steps = list(range(200, 3001, 200)) if problem == "linreg" else list(range(750, 15001, 750))
+        assert [m.step for m in client.get_metric_history(children[0].info.run_id, "loss")] == steps
     shown = dvc(project_copy, "metrics", "show", "--json")
     assert shown.returncode == 0 and "best_value" in shown.stdout and "tuned_final_loss" in shown.stdout
     [run] = client.search_runs([exp], "tags.run_type = 'report'")
@@ -152,18 +160,21 @@ def test_dvc_repro_runs_every_stage_then_reruns_only_what_changed(project_copy):
     assert second.returncode == 0, second.stderr[-3000:]
     ran = [line for line in second.stdout.splitlines() if line.startswith("Running stage")]
     assert ran == ["Running stage 'evaluate':", "Running stage 'report':"]
-    assert json.loads((project_copy / "reports/summary.json").read_text())["seeds"] == [1000, 1001, 1002, 1003]
+    assert json.loads((project_copy / "reports/summary.json").read_text())["problems"]["mlp"]["seeds"] == \
+        [1000, 1001, 1002, 1003]
 
-    # An experiment that adds an optimizer: only its study runs, then evaluate and report, and the
-    # DVC plots follow study.optimizers.
+    # An experiment on the network alone that adds an optimizer: only its one new study runs, then
+    # evaluate and report, and the DVC plots follow study.optimizers.
     subprocess.run(["git", "add", "-A"], cwd=project_copy, check=True, capture_output=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "small"], cwd=project_copy,
                    check=True, capture_output=True)
-    third = dvc(project_copy, "exp", "run", "-S", "study.optimizers=[sgd,adagrad,rmsprop,adam]")
+    third = dvc(project_copy, "exp", "run", "-S", "study.optimizers=[sgd,adagrad,rmsprop,adam]",
+                "-S", "study.problems=[mlp]")
     assert third.returncode == 0, third.stderr[-3000:]
     ran = [line for line in third.stdout.splitlines() if line.startswith("Running stage")]
-    assert ran == ["Running stage 'study@adam':", "Running stage 'evaluate':", "Running stage 'report':"], ran
-    assert list(json.loads((project_copy / "reports/summary.json").read_text())["optimizers"]) == \
+    assert ran == ["Running stage 'study@mlp-adam':", "Running stage 'evaluate':", "Running stage 'report':"], ran
+    summary = json.loads((project_copy / "reports/summary.json").read_text())
+    assert list(summary["problems"]) == ["mlp"] and list(summary["problems"]["mlp"]["optimizers"]) == \
         ["sgd", "adagrad", "rmsprop", "adam"]
     plots = dvc(project_copy, "plots", "show", "--json")
     assert plots.returncode == 0 and "convergence.csv" in plots.stdout

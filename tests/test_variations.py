@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.core import config, data, optimizers, pieces, tracking
+from pipeline.core import config, data, optimizers, pieces, problems, tracking
 from pipeline.stages import evaluate, prepare, report
 from pipeline.stages import study as study_stage
 from pipeline.stages.evaluate import landscape
@@ -54,7 +54,7 @@ SCENARIOS = {
     "evaluation and divergence": {
         "train": {"init_std": 0.1},
         "book": {"sgd": {"lr": 1.5}},
-        "study": {"optimizers": ["sgd", "adadelta"], "seeds_per_trial": 1,
+        "study": {"problems": ["linreg"], "optimizers": ["sgd", "adadelta"], "seeds_per_trial": 1,
                   "search_space": {"rho": {"low": 0.55, "high": 0.99, "scale": "linear"}}},
         "evaluate": {"seeds": 3, "first_seed": 50, "framework_seeds": 2, "floor_tolerance": 0.05,
                      "quadratic_steps": 7},
@@ -97,14 +97,17 @@ def test_every_knob_is_varied_somewhere():
 def run_pipeline(params: config.Params, dataset: data.Dataset, root) -> tuple:
     """study -> evaluate -> report as `python -m pipeline <stage>` runs them, outputs under root."""
     with tracking.Tracker(f"sqlite:///{root}/mlflow.db", params.mlflow.experiment) as tracker:
-        for o in params.study.optimizers:
-            store = storage.open_storage(params.study.storage, o, params.study, root / "studies")
-            result, sink, timings = study_stage.run_with(tracker, o, params, dataset, store, {})
-            outcome = study_outputs.write_outputs(result, o, params, root / "studies" / o, timings)
-            study_outputs.log_study_summary(tracker, sink.parent_id, result, o, outcome, params)
+        for p in params.study.problems:
+            problem_params = config.for_problem(params, p)
+            for o in params.study.optimizers:
+                store = storage.open_storage(params.study.storage, o, params.study, root / "studies")
+                result, sink, timings = study_stage.run_with(tracker, o, problem_params, dataset, store, {})
+                outcome = study_outputs.write_outputs(result, o, problem_params, storage.study_dir(p, o, root / "studies"),
+                                                      timings)
+                study_outputs.log_study_summary(tracker, sink.parent_id, result, o, outcome, problem_params)
     summary = evaluate.evaluate(dataset, params, root / "studies", root / "reports/evaluation",
                                 root / "reports/summary.json")
-    inputs = report.Inputs(params, root / "reports/evaluation", root / "reports/summary.json", root / "studies",
+    inputs = report.Report(params, root / "reports/evaluation", root / "reports/summary.json", root / "studies",
                            dataset.stats)
     return summary, report.render(inputs, root / "reports", "test")
 
@@ -112,36 +115,48 @@ def run_pipeline(params: config.Params, dataset: data.Dataset, root) -> tuple:
 def check_complete_and_finite(params: config.Params, root, captions: dict) -> dict:
     text = (root / "reports/summary.json").read_text()
     assert "NaN" not in text and "Infinity" not in text  # a diverged seed is a count, never a NaN summary
-    summary = json.loads(text)
-    assert list(summary["optimizers"]) == params.study.optimizers
-    for o in params.study.optimizers:
-        names = optimizers.get(o).hyperparams
-        rows = read_csv(root / f"studies/{o}/trials.csv")
-        assert len(rows) == params.study.n_trials and all(rows[0][h] for h in names)
-        best = json.loads((root / f"studies/{o}/best.json").read_text())
-        assert set(best["hyperparams"]) == set(names) and np.isfinite(best["value"])
-        s = summary["optimizers"][o]
-        assert s["grid_points"] == landscape.grid_side(len(names), params.evaluate) ** len(names)
-        assert set(s["grid_optimum_hyperparams"]) == set(names) and s["regret"] >= 0  # against the best known
-        assert s["best_known"]["value"] <= min(s["grid_optimum"], s["study_best"])
-        assert (s["keras_max_abs_diff"] is None) == (optimizers.get(o).keras is None)
-        assert set(s["samplers"]) == {"tpe", "random", "qmc", "cmaes"} and s["random_search"]["expected_best_at_budget"]
-    pairs = summary["comparisons"]["pairs"]
+    everything = json.loads(text)
+    assert list(everything["problems"]) == params.study.problems
     n = len(params.study.optimizers)
-    assert len(pairs) == n * (n - 1) // 2 and sum(summary["comparisons"]["probability_best"].values()) == pytest.approx(1)
-    assert set(summary["comparisons"]["tuned_vs_book"]) == set(params.study.optimizers)
-    samplers_csv = read_csv(root / "reports/evaluation/samplers.csv")
-    assert len(samplers_csv) == n * 4 * params.evaluate.sampler_repeats * params.study.n_trials
-    assert min(float(r["regret"]) for r in samplers_csv) >= 0  # no sampler beats the best known value
-    grid_rows = read_csv(root / "reports/evaluation/landscape.csv")
-    assert {r["optimizer"] for r in grid_rows} == set(params.study.optimizers)
-    for name in ("convergence", "effective_lr"):  # the DVC plots' files: one column per optimizer
-        assert list(read_csv(root / f"reports/evaluation/{name}.csv")[0]) == ["examples", *params.study.optimizers]
+    for p, summary in everything["problems"].items():
+        dense = problems.get(p).dense_analyses
+        assert list(summary["optimizers"]) == params.study.optimizers
+        for o in params.study.optimizers:
+            names = optimizers.get(o).hyperparams
+            rows = read_csv(root / f"studies/{p}/{o}/trials.csv")
+            assert len(rows) == params.study.n_trials and all(rows[0][h] for h in names)
+            best = json.loads((root / f"studies/{p}/{o}/best.json").read_text())
+            assert set(best["hyperparams"]) == set(names) and np.isfinite(best["value"]) and best["problem"] == p
+            s = summary["optimizers"][o]
+            assert s["regret"] >= 0 and s["effective_lr_ratio"] and len(s["tuned_examples_reached"]) == params.evaluate.seeds
+            if not dense:
+                assert s["grid_points"] is None and s["samplers"] is None and s["best_known"]["source"] == "study"
+                continue
+            assert s["grid_points"] == landscape.grid_side(len(names), params.evaluate) ** len(names)
+            assert set(s["grid_optimum_hyperparams"]) == set(names)  # regret is against the best known
+            assert s["best_known"]["value"] <= min(s["grid_optimum"], s["study_best"])
+            assert (s["keras_max_abs_diff"] is None) == (optimizers.get(o).keras is None)
+            assert set(s["samplers"]) == {"tpe", "random", "qmc", "cmaes"} and s["random_search"]["expected_best_at_budget"]
+        pairs = summary["comparisons"]["pairs"]
+        assert len(pairs) == n * (n - 1) // 2 and sum(summary["comparisons"]["probability_best"].values()) == pytest.approx(1)
+        assert set(summary["comparisons"]["tuned_vs_book"]) == set(params.study.optimizers)
+        out = root / "reports/evaluation" / p
+        if dense:
+            samplers_csv = read_csv(out / "samplers.csv")
+            assert len(samplers_csv) == n * 4 * params.evaluate.sampler_repeats * params.study.n_trials
+            assert min(float(r["regret"]) for r in samplers_csv) >= 0  # no sampler beats the best known value
+            assert {r["optimizer"] for r in read_csv(out / "landscape.csv")} == set(params.study.optimizers)
+        for name in ("convergence", "effective_lr"):  # the DVC plots' files: one column per optimizer
+            assert list(read_csv(out / f"{name}.csv")[0]) == ["examples", *params.study.optimizers]
+    across = everything["across"]
+    assert set(across["excess"]) == set(params.study.problems)
+    for o, prof in across["performance_profile"]["optimizers"].items():
+        assert 0 <= prof["area"] <= 1 and prof["runs"] == len(params.study.problems) * params.evaluate.seeds
     page = (root / "reports/report.html").read_text()
     for name in captions:
         assert f"<figure id='{name}'><img" in page and (root / f"reports/figures/{name}.png").stat().st_size > 10_000
     assert (root / "reports/report.pdf").stat().st_size > 50_000
-    return summary
+    return everything
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -152,7 +167,7 @@ def test_scenario_runs_through_every_stage(scenario, raw_file, tmp_path):
     prepare.prepare(raw_file, tmp_path / "prepared", params.data.n_rows)
     dataset = data.load_prepared(tmp_path / "prepared")
     summary, captions = run_pipeline(params, dataset, tmp_path)
-    summary = check_complete_and_finite(params, tmp_path, captions)
+    summary = check_complete_and_finite(params, tmp_path, captions)["problems"]["linreg"]
     assert dataset.stats["rows"] == params.data.n_rows
     if scenario == "evaluation and divergence":
         book = summary["optimizers"]["sgd"]["book_final_loss"]
@@ -164,12 +179,12 @@ def test_scenario_runs_through_every_stage(scenario, raw_file, tmp_path):
         assert summary["seeds"] == [50, 51, 52]
     if scenario == "protocol and scales":
         import optuna
-        assert len(optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/studies.db")) == 3
+        assert len(optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/studies.db")) == 3 * 2  # x problems
         assert list(map(int, summary_examples(tmp_path))) == [700, 1000]  # batch 7, record every 100, 1 epoch
 
 
 def summary_examples(root):
-    return [r["examples"] for r in read_csv(root / "reports/evaluation/convergence.csv")]
+    return [r["examples"] for r in read_csv(root / "reports/evaluation/linreg/convergence.csv")]
 
 
 def test_a_new_optimizer_registered_in_one_place_runs_through_every_stage(raw_file, tmp_path, monkeypatch):
@@ -183,8 +198,28 @@ def test_a_new_optimizer_registered_in_one_place_runs_through_every_stage(raw_fi
     prepare.prepare(raw_file, tmp_path / "prepared", params.data.n_rows)
     summary, captions = run_pipeline(params, data.load_prepared(tmp_path / "prepared"), tmp_path)
     check_complete_and_finite(params, tmp_path, captions)
-    assert summary["optimizers"]["signsgd"]["book_hyperparams"] == {"lr": 0.01}
+    for p in params.study.problems:
+        assert summary["problems"][p]["optimizers"]["signsgd"]["book_hyperparams"] == {"lr": 0.01}
     assert "signSGD" in (tmp_path / "reports/report.html").read_text()
+
+
+def test_a_new_problem_registered_in_one_place_runs_through_every_stage(raw_file, tmp_path, monkeypatch):
+    """The README's "Adding a problem": a one-layer ReLU network of 16 units, one entry in the registry."""
+    monkeypatch.setitem(problems.PROBLEMS, "relu16", problems.Problem(
+        "relu16", "ReLU network 5-16-1", (16,), "relu", {"epochs": 3, "record_every": 500}, "best_known",
+        dense_analyses=False, convex=False, description="one hidden layer of 16 ReLU units"))
+    raw = merged(DEFAULTS, merged(TINY, {"study": {"problems": ["linreg", "relu16"], "optimizers": ["adagrad", "rmsprop"]}}))
+    params = config.parse_params(raw)
+    prepare.prepare(raw_file, tmp_path / "prepared", params.data.n_rows)
+    dataset = data.load_prepared(tmp_path / "prepared")
+    summary, captions = run_pipeline(params, dataset, tmp_path)
+    check_complete_and_finite(params, tmp_path, captions)
+    relu = summary["problems"]["relu16"]
+    assert relu["protocol"] == {"batch_size": 10, "epochs": 3, "record_every": 500, "steps": 450}
+    assert set(relu["optimizers"]["adagrad"]["effective_lr_ratio"]) == {"layer1", "layer2"}
+    assert "adagrad_vs_rmsprop" in relu and "relu16_effective_lr" in captions
+    page = (tmp_path / "reports/report.html").read_text()
+    assert "ReLU network 5-16-1: Results" in page and "The chapter&#39;s claim" in page
 
 
 def test_study_workers_setting_never_forks_beyond_it(raw_file, tmp_path):
@@ -204,8 +239,8 @@ def test_study_workers_setting_never_forks_beyond_it(raw_file, tmp_path):
     out, err = proc.communicate()
     assert proc.returncode == 0, err[-2000:]
     assert most == 3, most  # the command and its 2 helpers; none of them started more
-    metrics = json.loads((root / "studies/sgd/metrics.json").read_text())
-    assert metrics["trials"] == 24 and len(read_csv(root / "studies/sgd/trials.csv")) == 24
+    metrics = json.loads((root / "studies/linreg/sgd/metrics.json").read_text())
+    assert metrics["trials"] == 24 and len(read_csv(root / "studies/linreg/sgd/trials.csv")) == 24
     assert "run by this worker" in out
 
 

@@ -126,4 +126,84 @@ def seed_claim(summary: dict):
                        f"Adagrad - RMSProp is {_interval(t)}, {verdict_phrase(t, 'Adagrad', margin)} (Holm p "
                        f"{t['p_holm']:.3g}); at the book's settings {_interval(book)}, "
                        f"{verdict_phrase(book, 'Adagrad', margin)} (p {book['p']:.3g})")
-    return f"The chapter's claim {CLAIM}: the data {overall} it. " + "; ".join(d[0].upper() + d[1:] for d in details) + "."
+    return f"The chapter's claim {CLAIM}: the data {overall} it. " + ". ".join(d[0].upper() + d[1:] for d in details) + "."
+
+
+def _power(c: dict, summary: dict) -> str:
+    """What the seeds allow: the smallest p attainable and whether the largest family can reach ALPHA."""
+    tests = [t for group in ("pairs", "tuned_vs_book", "tuned_vs_defaults") for t in c[group].values()]
+    worst = max(tests, key=lambda t: t["smallest_p"] * t["family_size"])
+    reach = worst["smallest_p"] * worst["family_size"]
+    can = "can" if reach < ALPHA else "cannot"
+    return (f"Each comparison pairs {len(summary['seeds'])} seeds; the smallest two-sided p the exact Wilcoxon test "
+            f"can give with {worst['nonzero_pairs']} non-zero differences is {worst['smallest_p']:.2g}, so in its "
+            f"family of {worst['family_size']} a difference {can} reach Holm-adjusted significance "
+            f"(best case {min(1.0, reach):.2g} against {ALPHA})"
+            + ("." if can == "can" else ": raise evaluate.seeds to decide."))
+
+
+def _search(o: str, s: dict, n: int) -> str:
+    rs, samplers = s["random_search"], s["samplers"]
+    reach = "; ".join(f"within {float(a):.0%} of the best known value's excess loss in "
+                      f"{b if b is not None else f'more than {n}'} trials" for a, b in rs["budget_to_within"].items())
+    tpe = samplers["tpe"]["trials_to_match_random_search"]
+    matched = {k: v["trials_to_match_random_search"] for k, v in samplers.items()
+               if v["trials_to_match_random_search"] is not None}
+    if matched:
+        fastest = min(matched.values())
+        first = [k for k, v in matched.items() if v == fastest]
+        if "cmaes" in first and len(s["tuned_hyperparams"]) == 1:
+            first[first.index("cmaes")] = "cmaes (which samples at random on a one-dimensional space)"
+        race = f"Of the samplers, {', '.join(first)} reached it first, after {fastest} trials."
+    else:
+        race = f"No sampler reached what random search expects in {n} trials within {n} trials."
+    return (f"{label(o)}: random search is expected to come {reach} (tunability area {rs['normalized_area']:.3f}, "
+            f"0 = the first draw is optimal). TPE (median of {samplers['tpe']['repeats']} seeds) reaches what random "
+            f"search expects in {n} trials after {tpe if tpe is not None else f'more than {n}'}; the study itself "
+            f"after {rs['study_trials_to_match'] if rs['study_trials_to_match'] is not None else f'more than {n}'}. "
+            + race)
+
+
+def _names(optimizers: list) -> str:
+    return ", ".join(label(o) for o in optimizers)
+
+
+def comparison_table(d) -> tuple:
+    """Rows: every paired comparison (pairs of tuned optimizers, tuned vs book, tuned vs defaults)."""
+    c = d.summary["comparisons"]
+    header = ["comparison", "Hodges-Lehmann estimate (a - b)", "95% CI (exact)", "Wilcoxon p", "Holm p", "family",
+              "seeds (smallest p)", "verdict"]
+    named = [(f"{label(a)} - {label(b)} (tuned)", c["pairs"][f"{a}_vs_{b}"])
+             for i, a in enumerate(d.optimizers) for b in d.optimizers[i + 1:]]
+    named += [(f"{label(o)}: tuned - {family}", c[f"tuned_vs_{family}"][o])
+              for family in ("book", "defaults") for o in d.optimizers]
+    return header, [[name, f"{t['estimate']:+.2e}", f"{t['ci'][0]:+.2e} to {t['ci'][1]:+.2e}", f"{t['p']:.3g}",
+                     f"{t['p_holm']:.3g}", f"{t['family']} ({t['family_size']})",
+                     f"{t['seeds']} ({t['smallest_p']:.1g})", t["verdict"]] for name, t in named]
+
+
+def sampler_table(d) -> tuple:
+    header = ["optimizer", "dimensions", "tpe", "random", "qmc (Sobol)", "cmaes"]
+    rows = []
+    for o in d.optimizers:
+        s = d.opt[o]["samplers"]
+        rows.append([label(o), str(len(d.opt[o]["tuned_hyperparams"])),
+                     *[f"{s[k]['median_final_regret']:.2e} / {s[k]['trials_to_match_random_search'] or '>n'}"
+                       for k in ("tpe", "random", "qmc", "cmaes")]])
+    return header, rows
+
+
+def results_table(d) -> tuple:
+    header = ["optimizer", "book settings", "tuned settings", "book final loss", "tuned final loss (95% CI)",
+              "examples to floor (tuned)", "diverged trials", "trials"]
+    rows = []
+    for o in d.optimizers:
+        s = d.opt[o]
+        reach = s["tuned_examples_to_floor"]
+        steps = f"{reach['median']:.0f} ({reach['seeds_reached']}/{reach['seeds']} seeds)" if reach["median"] else \
+            f"never ({reach['seeds_reached']}/{reach['seeds']})"
+        rows.append([label(o), fmt_hyper(s["book_hyperparams"]), fmt_hyper(s["tuned_hyperparams"]),
+                     fmt_loss(s["book_final_loss"]),
+                     fmt_loss(s["tuned_final_loss"]),
+                     steps, str(s["diverged_trials"]), str(s["trials"])])
+    return header, rows

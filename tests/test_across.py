@@ -1,0 +1,79 @@
+"""Across problems: the performance profile against a direct count, the excess table's ranks, the
+per-layer effective-lr ratio, and the seed's claim in exact sentences for each way it can come out."""
+import numpy as np
+import pytest
+
+from pipeline.core import engine
+from pipeline.stages.evaluate import across
+from pipeline.stages.evaluate.problem import lr_ratio
+from pipeline.stages.report import findings
+from test_findings import comparison
+
+
+def test_performance_profile_counts_runs_within_tau_of_the_fastest():
+    """Three optimizers on five (problem, seed) runs, with ties, a run nobody finishes and one only
+    one finishes; each point of the profile recounted by hand from the definition."""
+    reached = {"a": [100, 200, None, 300, None], "b": [200, 200, None, 1200, 50], "c": [None, 700, None, 300, None]}
+    profile = across.performance_profile(reached)
+    ratios = {"a": [1.0, 1.0, np.inf, 1.0, np.inf], "b": [2.0, 1.0, np.inf, 4.0, 1.0],
+              "c": [np.inf, 3.5, np.inf, 1.0, np.inf]}
+    for o, r in ratios.items():
+        for tau, got in zip(profile["taus"], profile["optimizers"][o]["profile"]):
+            assert got == sum(x <= tau for x in r) / 5
+        grid = np.linspace(1, 4, 3001)  # the area by a fine Riemann sum of the step function
+        fine = np.array([sum(x <= t for x in r) / 5 for t in grid])
+        assert profile["optimizers"][o]["area"] == pytest.approx(fine.mean(), abs=1e-3)
+    assert profile["optimizers"]["a"]["profile"][0] == 0.6 and profile["optimizers"]["b"]["reached"] == 4
+    assert profile["optimizers"]["c"]["area"] == pytest.approx((1 + (4 - 3.5) / 3) / 5, abs=1e-9)
+
+
+def test_excess_table_ranks_with_ties_sharing_the_better_rank():
+    problems = {"p": {"floor": 0.1, "optimizers": {o: {"tuned_final_loss": {"mean": m, "ci95": 0.01}}
+                                                   for o, m in (("a", 0.2), ("b", 0.15), ("c", 0.15))}}}
+    table = across.excess_table(problems, ["a", "b", "c"])
+    assert [table["p"][o]["rank"] for o in "abc"] == [3, 1, 1]
+    assert table["p"]["a"]["excess"] == pytest.approx(0.1)
+
+
+def test_lr_ratio_is_last_over_first_median_per_layer(dataset, params):
+    result = engine.train(dataset, "adagrad", {"lr": 0.1}, [0, 1], params.train)
+    got = lr_ratio(result, ("w1", "w2", "w3", "w4", "w5", "b"))
+    med = np.median(result.effective_lr, axis=2)
+    assert got == {"all": pytest.approx(np.mean(med[:, -1] / med[:, 0]))} and got["all"] < 1
+    eff = np.ones((2, 3, 6))
+    eff[:, -1, 1], eff[:, -1, 4] = 0.5, 2.0  # layer1's and layer2's medians
+    fake = result._replace(effective_lr=eff, diverged=np.array([False, False]))
+    assert lr_ratio(fake, ("layer1 p10", "layer1 median", "layer1 p90", "layer2 p10", "layer2 median",
+                           "layer2 p90")) == {"layer1": 0.5, "layer2": 2.0}
+
+
+def claim_summary(convex_verdict, deep_verdict):
+    def problem(label, convex, verdict):
+        t = comparison(1e-3 if verdict == "worse" else -1e-3, -2e-3, 2e-3, 1e-4, 3e-4, verdict)
+        return {"label": label, "convex": convex, "equivalence_margin": {"absolute": 0.0025},
+                "adagrad_vs_rmsprop": {"tuned": t, "book": comparison(0.0, -1e-4, 1e-4, 0.6, 0.6, "equivalent")}}
+    return {"problems": {"linreg": problem("linear regression (convex)", True, convex_verdict),
+                         "mlp": problem("tanh network", False, deep_verdict)}}
+
+
+@pytest.mark.parametrize("convex, deep, word, halves", [
+    ("equivalent", "worse", "support", ("holds", "holds")),
+    ("better", "worse", "support", ("holds", "holds")),
+    ("inconclusive", "worse", "neither support nor contradict", ("undecided", "holds")),
+    ("equivalent", "inconclusive", "neither support nor contradict", ("holds", "undecided")),
+    ("worse", "worse", "contradict", ("contradicted", "holds")),
+    ("equivalent", "equivalent", "contradict", ("holds", "contradicted")),
+    ("equivalent", "better", "contradict", ("holds", "contradicted")),
+])
+def test_the_seed_claim_sentence_follows_the_verdicts(convex, deep, word, halves):
+    text = findings.seed_claim(claim_summary(convex, deep))
+    assert text.startswith(f'The chapter\'s claim "Adagrad is fine on the convex problem and falls behind on the deep '
+                           f'one": the data {word} it. On the linear regression (convex) its convex half {halves[0]}: ')
+    assert f"). On the tanh network its deep half {halves[1]}: tuned Adagrad - RMSProp is" in text
+    assert "at the book's settings +0.00e+00 (95% CI -1.00e-04 to +1.00e-04), practically equivalent" in text
+
+
+def test_no_claim_without_both_kinds_of_problem():
+    s = claim_summary("equivalent", "worse")
+    del s["problems"]["mlp"]
+    assert findings.seed_claim(s) is None
