@@ -42,11 +42,34 @@ def measure(dataset, protocol, repeats: int, ks=KS) -> dict:
     return {"eager_seconds": eager, "rows": rows}
 
 
+NETWORK_KS = (1, 3, 64, 256)  # one configuration, one study trial (3 seeds), an evaluation batch, a grid
+
+
+def measure_network(dataset, protocol, repeats: int, ks=NETWORK_KS) -> list:
+    """The network problem (5-64-64-1 tanh, its registry protocol: batch 10, 1500 steps) with RMSProp:
+    milliseconds per configuration for each K, lr spread over a grid, seeds 0..3."""
+    from pipeline.core import problems
+
+    mlp = problems.protocol("mlp", protocol)
+    rows = []
+    for k in ks:
+        hyper = {"lr": np.geomspace(1e-3, 1e-2, k), "gamma": np.full(k, 0.9)}
+        t = median_time(lambda: engine.train(dataset, "rmsprop", hyper, np.arange(k) % 4, mlp, "mlp"), repeats)
+        rows.append({"K": k, "seconds": t, "ms_per_config": t / k * 1e3, "configs_per_s": k / t})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--network", action="store_true", help="the network problem's engine instead")
     args = parser.parse_args()
     params, dataset = config.load_params(), data.load_prepared()
+    if args.network:
+        print(f"{'network 5-64-64-1, RMSProp, 1500 steps':<40}{'median s':>10}{'ms / config':>13}{'configs / s':>13}")
+        for r in measure_network(dataset, params.train, args.repeats):
+            print(f"{'K = ' + str(r['K']):<40}{r['seconds']:>10.3f}{r['ms_per_config']:>13.1f}{r['configs_per_s']:>13.1f}")
+        return
     result = measure(dataset, params.train, args.repeats)
     print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}")
     print(f"{'case':<28}{'median s':>12}{'us / config':>14}{'x eager (per config)':>24}")

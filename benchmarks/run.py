@@ -37,9 +37,9 @@ def machine() -> dict:
             **{p: metadata.version(p) for p in ("tensorflow-cpu", "optuna", "mlflow", "dvc", "numpy")}}
 
 
-def bench_study(ds, params, n_trials, seeds_per_trial=3):
-    p = dataclasses.replace(params, study=dataclasses.replace(params.study, n_trials=n_trials,
-                                                              seeds_per_trial=seeds_per_trial))
+def bench_study(ds, params, n_trials, seeds_per_trial=3, problem="linreg"):
+    p = dataclasses.replace(config.for_problem(params, problem), study=dataclasses.replace(
+        params.study, n_trials=n_trials, seeds_per_trial=seeds_per_trial))
     with tempfile.TemporaryDirectory() as tmp:
         storage = study_storage.open_storage("journal", "rmsprop", p.study, Path(tmp))
         start = time.perf_counter()
@@ -228,11 +228,23 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--baseline", help="only time cold dvc repro of this tree against this commit, side by side")
     parser.add_argument("--repeats", type=int, default=3, help="with --baseline: clones of each (default 3)")
+    parser.add_argument("--network", action="store_true", help="only the network engine and its study trials")
     parser.add_argument("--problems", action="store_true",
                         help="only time cold dvc repro with both problems against linear regression only")
     args = parser.parse_args()
     if args.problems:
         print(bench_problems(args.repeats))
+        return
+    if args.network:
+        params, ds = config.load_params(ROOT / "params.yaml"), data.load_prepared(ROOT / "data/prepared")
+        print("| network engine, RMSProp, 1500 steps | ms per configuration | configurations per second |")
+        print("| --- | --- | --- |")
+        for r in engine_bench.measure_network(ds, params.train, args.repeats):
+            print(f"| K = {r['K']} | {r['ms_per_config']:.1f} | {r['configs_per_s']:.1f} |")
+        s = bench_study(ds, params, 30, problem="mlp")
+        print(f"\nnetwork study trial (3 seeds, mean of trials 2..30): total {s['total_ms']:.0f} ms = training "
+              f"{s['train_ms']:.0f} + Optuna {s['optuna_ms']:.1f} + MLflow hand-off {s['mlflow_ms']:.1f} "
+              f"(MLflow's own writes, on the other core: {s['mlflow_background_ms']:.1f})")
         return
     if args.baseline:
         print(bench_against(args.baseline, args.repeats))

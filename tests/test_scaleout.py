@@ -46,8 +46,8 @@ def wait_all(procs, timeout=600):
     return [p.wait(max(1, deadline - time.time())) for p in procs]
 
 
-def load_study(root, optimizer, url):
-    params = config.load_params(root / "params.yaml")
+def load_study(root, optimizer, url, problem="linreg"):
+    params = config.for_problem(config.load_params(root / "params.yaml"), problem)
     name = search.study_name(optimizer, params, data.load_prepared(root / data.PREPARED_DIR))
     try:
         return optuna.load_study(study_name=name, storage=url)
@@ -155,8 +155,9 @@ def test_workers_share_one_study_on_postgres_and_a_tracking_server(postgres, mlf
     # epochs 40: trials long enough (~0.1 s) that the workers' start-ups overlap their work
     root = make_project(tmp_path, raw_file, n_trials=n, epochs=40, record_every=3000)
     env = run_env(OPTUNA_STORAGE=url, MLFLOW_TRACKING_URI=mlflow_server.url, CI="true")
-    # Three workers on RMSProp started as on three machines, and one command running three on SGD.
-    procs = [start_worker(root, "rmsprop", env, log_name=f"rmsprop-{i}.log") for i in range(3)]
+    # Three workers on the network's RMSProp study started as on three machines, and one command
+    # running three on the linear regression's SGD.
+    procs = [start_worker(root, "rmsprop", env, "--problem", "mlp", log_name=f"rmsprop-{i}.log") for i in range(3)]
     procs.append(start_worker(root, "sgd", env, "--workers", "3", log_name="sgd.log"))
     helpers_seen, leaks = 0, []
     while any(p.poll() is None for p in procs):
@@ -168,16 +169,16 @@ def test_workers_share_one_study_on_postgres_and_a_tracking_server(postgres, mlf
     assert helpers_seen == 2  # --workers 3: this process and two helpers
 
     client, runs = mlflow_runs(mlflow_server.url, root)
-    for optimizer, n_workers in (("rmsprop", 3), ("sgd", 3)):
-        s = load_study(root, optimizer, url)
+    for problem, optimizer, n_workers in (("mlp", "rmsprop", 3), ("linreg", "sgd", 3)):
+        s = load_study(root, optimizer, url, problem)
         counted = sorted((t for t in s.get_trials() if study.is_counted(t)), key=lambda t: t.number)
         numbers = [t.number for t in counted]
         assert len(counted) >= n and len(set(numbers)) == len(numbers)
         by_worker = Counter(t.user_attrs["worker"] for t in counted)
         assert 2 <= len(by_worker) <= n_workers, by_worker
-        rows = read_csv(root / f"studies/linreg/{optimizer}/trials.csv")
+        rows = read_csv(root / f"studies/{problem}/{optimizer}/trials.csv")
         assert [int(r["number"]) for r in rows] == numbers[:n]  # the first n_trials by number
-        metrics = json.loads((root / f"studies/linreg/{optimizer}/metrics.json").read_text())
+        metrics = json.loads((root / f"studies/{problem}/{optimizer}/metrics.json").read_text())
         assert metrics["trials"] == n and metrics["extra_trials"] == len(counted) - n
         parent, _ = check_mirrored(runs, s)
         assert parent.info.status == "FINISHED"

@@ -68,6 +68,7 @@ ELSEWHERE = {
     "data.retries": "test_data: test_data_knobs_through_the_commands",
     "study.workers": "test_study_workers_setting_never_forks_beyond_it",
     "study.reconnect_s": "test_faults: test_workers_wait_out_a_database_restart (60), test_past_reconnect_s (2)",
+    "study.problems": "test_a_new_problem_registered_in_one_place...; test_report: dvc exp run -S study.problems=[mlp]",
 }
 
 
@@ -290,6 +291,29 @@ def test_train_takes_a_flag_per_hyperparameter_with_book_defaults(args, expected
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["hyperparameters"] == expected and 0.240 < out["final_loss"] < 0.255
+
+
+def test_train_on_the_network_prints_what_recomputes_the_run(raw_file, tmp_path):
+    """`train --problem mlp --json`: the architecture, the protocol, and the initial parameters layer by
+    layer; from them (and the seed's batches) a float64 NumPy forward pass gives the printed start."""
+    from pipeline.core import engine, network
+    root = prepared_project(tmp_path / "project", raw_file)
+    result = cli("train", "--problem", "mlp", "--optimizer", "rmsprop", "--seed", "3", "--epochs", "1", "--json", cwd=root)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["problem"] == "mlp" and out["architecture"]["layers"] == [5, 64, 64, 1]
+    assert out["architecture"]["activation"] == "tanh" and out["protocol"]["epochs"] == 1
+    layers = out["initial_parameters"]
+    assert [np.shape(layer["weights"]) for layer in layers] == [(5, 64), (64, 64), (64, 1)]
+    flat = np.concatenate([np.concatenate([np.ravel(layer["weights"]), layer["bias"]]) for layer in layers])
+    np.testing.assert_array_equal(flat.astype(np.float32), network.initial_params(3, (5, 64, 64, 1)))
+    assert len(out["losses"]) == 2 and len(out["effective_lr"][0]) == len(out["effective_lr_columns"]) == 9
+    dataset = data.load_prepared(root / "data/prepared")
+    start = network.numpy_loss(dataset.features, dataset.target, flat[None], (5, 64, 64, 1), "tanh")[0]
+    assert out["losses"][0] < start  # it trained from that start
+    plain = json.loads(cli("train", "--optimizer", "rmsprop", "--json", cwd=root).stdout)  # --problem defaults to linreg
+    assert plain["problem"] == "linreg" and plain["architecture"]["layers"] == [5, 1] and 0.240 < plain["final_loss"] < 0.255
+    assert engine.initial_layers(dataset, 0, config.load_params(root / "params.yaml").train, "linreg")[0]["bias"] == [0.0]
 
 
 def test_quadratic_takes_every_flag_and_foreign_flags_are_refused(raw_file, tmp_path):

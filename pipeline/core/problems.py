@@ -30,7 +30,7 @@ PROBLEMS = {p.name: p for p in (
     # tanh rather than ReLU: a smooth loss, so the float64 check holds on every step (no kink a rounding
     # error can flip) and no unit dies. 10 epochs (1,500 steps of 10 rows) keep every optimizer
     # improving at the last record and let Adagrad's sum of squares grow for 1,500 steps.
-    Problem("mlp", "tanh network 5-64-64-1 (non-convex)", (64, 64), "tanh", {"epochs": 10, "record_every": 750},
+    Problem("mlp", "tanh network 5-64-64-1 (non-convex)", (64, 64), "tanh", {"epochs": 10, "record_every": 1500},
             "best_known", False, False,
             "a fully connected network 5 -> 64 -> 64 -> 1 with tanh, Glorot-uniform weights, zero biases"),
 )}

@@ -56,4 +56,5 @@ def across(problems: dict, names: list) -> dict:
     reached = {o: [x for p in problems.values() for x in p["optimizers"][o]["tuned_examples_reached"]] for o in names}
     return {"problems": list(problems), "excess": excess_table(problems, names),
             "performance_profile": performance_profile(reached),
-            "target": "each problem's floor within evaluate.floor_tolerance, tuned settings, every evaluation seed"}
+            "target": "; ".join(f"{p}: {r['target']['rule']} ({r['target']['value']:.5f})" for p, r in problems.items())
+                      + "; tuned settings, every evaluation seed"}

@@ -4,29 +4,21 @@ and returns the problem's part of reports/summary.json (see evaluate's docstring
 """
 import csv
 import json
-import math
 from pathlib import Path
 from typing import Optional, TypedDict
 
 import numpy as np
-from scipy import stats
 
 from pipeline.core import engine, fileio, optimizers, problems, quadratic, reference, statistics
 from pipeline.core.config import Params
 from pipeline.core.data import Dataset
 from pipeline.core.errors import PipelineError
 from pipeline.stages.evaluate import across, comparisons, ground_truth, landscape, samplers
+from pipeline.stages.evaluate.measures import FinalLoss, examples_to_floor, examples_to_target, lr_ratio, mean_ci, target
 
 DIVERGENCE_RULE = ("a run that diverges (its loss becomes infinite or undefined, or exceeds train.diverge_factor "
                    "times its start) scores the loss at the start of training, its initial loss, in every mean, "
                    "test, resample and curve")
-
-class FinalLoss(TypedDict):
-    mean: float  # over every seed, a diverged one scoring its initial loss
-    ci95: Optional[float]  # t-interval half-width
-    diverged_seeds: int
-    seeds: int
-
 
 class OptimizerSummary(TypedDict):
     """One optimizer in summary.json (`optimizers.<name>`); <family> is tuned, book or defaults."""
@@ -41,7 +33,7 @@ class OptimizerSummary(TypedDict):
     book_diverged_seeds: int
     defaults_diverged_seeds: int
     tuned_examples_to_floor: dict  # median, seeds_reached, seeds
-    tuned_examples_reached: list  # per evaluation seed, examples seen when the tuned run reached the floor (None: never)
+    tuned_examples_reached: list  # per evaluation seed, examples seen when the tuned run reached the target (None: never)
     effective_lr_ratio: dict  # layer -> median coordinate's effective lr at the end over its value at the first record
     book_examples_to_floor: dict
     defaults_examples_to_floor: dict
@@ -70,23 +62,6 @@ def read_study(problem: str, optimizer: str, studies_dir: Path) -> tuple:
     except FileNotFoundError as e:
         raise PipelineError(f"{e.filename} not found: run `dvc repro study@{problem}-{optimizer}` first") from None
     return best, trials
-
-
-def examples_to_floor(result: engine.TrainResult, floor: float, tolerance: float) -> list:
-    """Per run, the examples seen when the loss first came within `tolerance` of the floor (None: never)."""
-    reached = result.losses <= (1 + tolerance) * floor
-    return [int(result.examples[np.argmax(r)]) if r.any() else None for r in reached]
-
-
-def mean_ci(values: np.ndarray, penalty) -> FinalLoss:
-    """Mean and 95% t-interval half-width over every seed under the divergence rule (a diverged
-    seed scores `penalty`, its initial loss), and how many diverged."""
-    values = np.asarray(values, dtype=np.float64)
-    scored = statistics.penalized(values, penalty)
-    n = len(scored)
-    half = float(stats.t.ppf(0.975, n - 1) * scored.std(ddof=1) / math.sqrt(n)) if n >= 2 else None
-    return FinalLoss(mean=float(scored.mean()), ci95=half, diverged_seeds=int((~np.isfinite(values)).sum()),
-                     seeds=int(n))
 
 
 FLOOR_SOURCES = {"least_squares": "the least-squares minimum (closed form)",
@@ -119,6 +94,7 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
     # The divergence penalty on the study's seeds: their loss at the start of training.
     penalty = float(engine.initial_loss(dataset, np.arange(params.study.seeds_per_trial), params.train,
                                         params.problem).mean())
+    goal = target(problem, floor, ev.floor_tolerance, {o: r["tuned"].scored() for o, r in runs.items()})
     summary, scores, convergence, eff_mean, start_losses = {}, {}, {}, {}, []
     columns = engine.lr_columns(dataset, params.problem)
     for name in params.study.optimizers:
@@ -148,7 +124,7 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
             **{f"{family}_final_loss": mean_ci(r.final_loss, r.initial_loss) for family, r in runs[name].items()},
             **{f"{family}_diverged_seeds": int(r.diverged.sum()) for family, r in runs[name].items()},
             **{f"{family}_examples_to_floor": _reach_summary(reach[family], len(seeds)) for family in runs[name]},
-            "tuned_examples_reached": reach["tuned"],
+            "tuned_examples_reached": examples_to_target(runs[name]["tuned"], goal["value"]),
             "effective_lr_ratio": lr_ratio(tuned, columns),
             "trials": len(trials),
             "diverged_trials": sum(t["diverged"] == "1" for t in trials),
@@ -163,7 +139,7 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
     result = {"problem": params.problem, "label": problem.label, "convex": problem.convex,
               "network": bool(problem.hidden), "floor_kind": problem.floor,
               "description": problem.description, "protocol": _protocol(params, len(dataset.target)), "floor": floor,
-              "floor_source": FLOOR_SOURCES[problem.floor], "seeds": seeds.tolist(), "floor_tolerance": ev.floor_tolerance,
+              "floor_source": FLOOR_SOURCES[problem.floor], "target": goal, "seeds": seeds.tolist(), "floor_tolerance": ev.floor_tolerance,
               "divergence_rule": DIVERGENCE_RULE, "initial_loss": start, "dense_analyses": problem.dense_analyses,
               "equivalence_margin": {"fraction": ev.equivalence_margin, "absolute": margin},
               "optimizers": summary, "comparisons": comparisons.paired_comparisons(scores, margin, ev.first_seed)}
@@ -184,21 +160,6 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
 # What a problem without the dense analyses has in their place.
 _NO_DENSE = {"best_known": None, "grid_points": None, "grid_optimum": None, "grid_optimum_hyperparams": None,
              "grid_resolution_gap": None, "keras_max_abs_diff": None, "random_search": None, "samplers": None}
-
-
-def lr_ratio(result: engine.TrainResult, columns: tuple) -> dict:
-    """Per layer (a linear model is one), the median coordinate's effective lr at the last record over
-    its value at the first, averaged over the seeds that did not diverge: below 1 the rate fell."""
-    kept = ~result.diverged
-    if not kept.any():
-        return {}
-    eff = result.effective_lr[kept]  # (seeds, R, C)
-    if columns[0].endswith("p10"):  # a network: each layer's median column
-        layers = {c.split()[0]: eff[:, :, j] for j, c in enumerate(columns) if c.endswith("median")}
-    else:
-        layers = {"all": np.median(eff, axis=2)}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return {layer: float(np.mean(v[:, -1] / v[:, 0])) for layer, v in layers.items()}
 
 
 def _protocol(params: Params, n_rows: int) -> dict:
