@@ -307,7 +307,7 @@ def test_train_on_the_network_prints_what_recomputes_the_run(raw_file, tmp_path)
     assert [np.shape(layer["weights"]) for layer in layers] == [(5, 64), (64, 64), (64, 1)]
     flat = np.concatenate([np.concatenate([np.ravel(layer["weights"]), layer["bias"]]) for layer in layers])
     np.testing.assert_array_equal(flat.astype(np.float32), network.initial_params(3, (5, 64, 64, 1)))
-    assert len(out["losses"]) == 2 and len(out["effective_lr"][0]) == len(out["effective_lr_columns"]) == 9
+    assert len(out["losses"]) == 1 and len(out["effective_lr"][0]) == len(out["effective_lr_columns"]) == 9
     dataset = data.load_prepared(root / "data/prepared")
     start = network.numpy_loss(dataset.features, dataset.target, flat[None], (5, 64, 64, 1), "tanh")[0]
     assert out["losses"][0] < start  # it trained from that start
