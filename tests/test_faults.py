@@ -369,7 +369,7 @@ def test_a_lost_tracking_server_does_not_stop_the_study_and_the_rerun_logs_each_
     assert worker.wait(300) == 0, (root / "first.log").read_text()[-3000:]
     log = (root / "first.log").read_text()
     waiting = [line for line in log.splitlines() if "waiting for MLflow" in line]
-    assert len(waiting) == 1 and "rerun `python -m pipeline study sgd`" in waiting[0], log[-3000:]
+    assert len(waiting) == 1 and "rerun `python -m pipeline study sgd --problem linreg`" in waiting[0], log[-3000:]
     assert "Traceback" not in log
     counted = _counted_on(root, journal())
     assert len(counted) == 40 and len(read_csv(root / "studies/linreg/sgd/trials.csv")) == 40  # Optuna kept every trial
