@@ -59,11 +59,11 @@ def claim_summary(convex_verdict, deep_verdict):
 @pytest.mark.parametrize("convex, deep, word, halves", [
     ("equivalent", "worse", "support", ("holds", "holds")),
     ("better", "worse", "support", ("holds", "holds")),
-    ("inconclusive", "worse", "neither support nor contradict", ("undecided", "holds")),
-    ("equivalent", "inconclusive", "neither support nor contradict", ("holds", "undecided")),
-    ("worse", "worse", "contradict", ("contradicted", "holds")),
-    ("equivalent", "equivalent", "contradict", ("holds", "contradicted")),
-    ("equivalent", "better", "contradict", ("holds", "contradicted")),
+    ("inconclusive", "worse", "neither support nor contradict", ("is undecided", "holds")),
+    ("equivalent", "inconclusive", "neither support nor contradict", ("holds", "is undecided")),
+    ("worse", "worse", "contradict", ("is contradicted", "holds")),
+    ("equivalent", "equivalent", "contradict", ("holds", "is contradicted")),
+    ("equivalent", "better", "contradict", ("holds", "is contradicted")),
 ])
 def test_the_seed_claim_sentence_follows_the_verdicts(convex, deep, word, halves):
     text = findings.seed_claim(claim_summary(convex, deep))

@@ -114,10 +114,10 @@ def seed_claim(summary: dict):
         return None
     holds = {True: ("better", "equivalent"), False: ("worse",)}
     states = {p: "holds" if s["adagrad_vs_rmsprop"]["tuned"]["verdict"] in holds[s["convex"]] else
-              "undecided" if s["adagrad_vs_rmsprop"]["tuned"]["verdict"] == "inconclusive" else "contradicted"
+              "is undecided" if s["adagrad_vs_rmsprop"]["tuned"]["verdict"] == "inconclusive" else "is contradicted"
               for p, s in tested.items()}
     overall = ("support" if all(v == "holds" for v in states.values()) else
-               "contradict" if "contradicted" in states.values() else "neither support nor contradict")
+               "contradict" if "is contradicted" in states.values() else "neither support nor contradict")
     details = []
     for p, s in tested.items():
         t, book, margin = s["adagrad_vs_rmsprop"]["tuned"], s["adagrad_vs_rmsprop"]["book"], \
