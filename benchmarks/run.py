@@ -183,13 +183,19 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _repro_env() -> dict:
+    """A clone's `dvc repro` as CI runs it, on its own local stores (not the caller's tracking or storage)."""
+    env = {**os.environ, "CI": "true", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("OPTUNA_STORAGE", None)
+    return env
+
+
 def bench_against(baseline: str, repeats: int) -> str:
     """Cold default `dvc repro` of this tree and of commit `baseline`, alternating in fresh clones
     on the same machine, so a change's cost is measured side by side rather than against an old
     figure from a differently loaded day."""
-    env = {**os.environ, "CI": "true", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("OPTUNA_STORAGE", None)
+    env = _repro_env()
     times = {baseline: [], "this tree": []}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeats):
@@ -206,9 +212,7 @@ def bench_against(baseline: str, repeats: int) -> str:
 def bench_problems(repeats: int) -> str:
     """Cold default `dvc repro` (both problems) against the same with `study.problems: [linreg]` and
     against the whole chapter on both problems, alternating in fresh clones of this commit."""
-    env = {**os.environ, "CI": "true", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("OPTUNA_STORAGE", None)
+    env = _repro_env()
     linreg = lambda raw: raw["study"].update(problems=["linreg"])  # noqa: E731
     chapter = lambda raw: raw["study"].update(optimizers=sorted(optimizers.OPTIMIZERS))  # noqa: E731
     runs = {"linear regression only": (linreg, []), "default (linreg, mlp)": (None, []),

@@ -74,12 +74,13 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
     problem, ev = problems.get(params.problem), params.evaluate
     seeds = np.arange(ev.first_seed, ev.first_seed + ev.seeds)
     rows = {name: [] for name in ("curves", "coordinates", "landscape", "budget", "samplers", "quadratic")}
-    studies, runs, dense = {}, {}, {}
+    studies, settings_of, runs, dense = {}, {}, {}, {}
     for name in params.study.optimizers:  # one batched engine call per optimizer
         opt = optimizers.get(name)
         studies[name] = best, trials = read_study(params.problem, name, studies_dir)
         # An optimizer no framework ships (no `defaults` in the registry) meets its book setting there.
-        settings = {"tuned": best["hyperparams"], "book": params.book[name], "defaults": opt.defaults or opt.book}
+        settings_of[name] = settings = {"tuned": best["hyperparams"], "book": params.book[name],
+                                        "defaults": opt.defaults or opt.book}
         groups = [(hyper, seeds) for hyper in settings.values()]
         if problem.dense_analyses:
             points, grid_hyper, grid_seeds = landscape.landscape_grid(name, params)
@@ -119,8 +120,7 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
         known = extra.pop("best_known") or ground_truth.best_known([(best["value"], best["hyperparams"], "study")])
         reach = {f: examples_to_floor(r, floor, ev.floor_tolerance) for f, r in runs[name].items()}
         summary[name] = OptimizerSummary(**{
-            **{f"{family}_hyperparams": r for family, r in zip(runs[name], (best["hyperparams"], params.book[name],
-                                                                           opt.defaults or opt.book))},
+            **{f"{family}_hyperparams": hyper for family, hyper in settings_of[name].items()},
             **{f"{family}_final_loss": mean_ci(r.final_loss, r.initial_loss) for family, r in runs[name].items()},
             **{f"{family}_diverged_seeds": int(r.diverged.sum()) for family, r in runs[name].items()},
             **{f"{family}_examples_to_floor": _reach_summary(reach[family], len(seeds)) for family in runs[name]},
@@ -165,7 +165,7 @@ _NO_DENSE = {"best_known": None, "grid_points": None, "grid_optimum": None, "gri
 def _protocol(params: Params, n_rows: int) -> dict:
     t = params.train
     return {"batch_size": t.batch_size, "epochs": t.epochs, "record_every": t.record_every,
-            "steps": t.epochs * -(-n_rows // t.batch_size)}
+            "steps": len(engine.schedule(n_rows, t).step_rows)}
 
 
 def _dense_analyses(dataset, name, best, tuned, trial_values, dense, penalty, floor, params, rows, tracker) -> dict:

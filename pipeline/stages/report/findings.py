@@ -85,7 +85,8 @@ def lr_fall(d) -> str:
         ratio = d.opt[o]["effective_lr_ratio"]
         parts.append(f"{label(o)} " + ("every seed diverged" if not ratio else
                                        "/".join(f"x{v:.2f}" for v in ratio.values())))
-    layers = list(d.opt[d.optimizers[0]]["effective_lr_ratio"]) or ["all"]
+    layers = next((list(d.opt[o]["effective_lr_ratio"]) for o in d.optimizers if d.opt[o]["effective_lr_ratio"]),
+                  ["all"])  # an optimizer whose seeds all diverged has no ratios
     where = "" if layers == ["all"] else f" ({', '.join(layers)})"
     return (f"effective learning rate of the median coordinate at the end of training over its value at the first "
             f"record{where}, tuned: {'; '.join(parts)}.")
