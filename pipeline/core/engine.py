@@ -194,7 +194,8 @@ def train(
     batches = np.stack([s[1].reshape(-1, protocol.batch_size) for s in streams], axis=1)  # (T, S, B)
 
     # Pad K and S to powers of two by repeating the first entry: padded rows train and are dropped.
-    kb, sb = max(_bucket(k), 2 if model.hidden else 1), _bucket(len(unique_seeds))  # network.py: why 2
+    # A network's step costs too much to pad, and its compile is paid once per study anyway.
+    kb, sb = (max(k, 2) if model.hidden else _bucket(k)), _bucket(len(unique_seeds))  # network.py: why 2
     pad_k = lambda a: np.concatenate([a, np.repeat(a[:1], kb - k, axis=0)])
     theta0 = np.concatenate([theta0, np.repeat(theta0[:1], sb - len(theta0), axis=0)])
     batches = np.concatenate([batches, np.repeat(batches[:, :1], sb - batches.shape[1], axis=1)], axis=1)
@@ -205,7 +206,8 @@ def train(
     if model.hidden:
         theta, losses, eff_lr = network.compiled(optimizer, sizes, model.activation)(
             tf.constant(dataset.features), tf.constant(dataset.target), *loop)
-        start = network.numpy_loss(dataset.features, dataset.target, theta0[seed_index], sizes, model.activation)
+        start = network.numpy_loss(dataset.features, dataset.target, theta0[:len(unique_seeds)], sizes,
+                                   model.activation)[seed_index]
     else:
         xs = np.concatenate([dataset.features, np.ones((n_rows, 1), np.float32)], axis=1)
         gram = gram_matrix(dataset)

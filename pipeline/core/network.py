@@ -1,11 +1,12 @@
 """The engine's loop for a network: K configurations of a fully connected model at once.
 
-Parameters are one flat (K, P) tensor, layer by layer (weights row-major, then bias), so every
-optimizer of the registry runs on it unchanged. The forward and backward passes are written out
-(batched matmuls over K, rows never mix): what the float64 check in the tests recomputes by hand.
+Parameters come and go as one flat (K, P) tensor, layer by layer (weights row-major, then bias);
+inside the loop each weight and bias is its own (K, n) tensor, so every optimizer of the registry
+runs on them unchanged. The forward and backward passes are written out (batched matmuls over K,
+rows never mix): what the float64 check in the tests recomputes by hand.
 XLA computes a batched matmul the same way for every K of 2 or more, but a batch of one by another
 kernel, so the engine never runs a network with K = 1 (it pads to 2): one batched call equals K
-single calls bit for bit.
+single calls bit for bit. Any other K runs as it is: a trial's K = 3 padded to 4 cost a quarter more.
 The loss over all rows and each layer's effective-learning-rate quantiles are taken once per
 record, not per step.
 """
@@ -53,11 +54,6 @@ def numpy_loss(features: np.ndarray, target: np.ndarray, theta: np.ndarray, size
     return 0.5 * ((h[..., 0] - target) ** 2).mean(axis=1)
 
 
-def _layers(theta, sizes):
-    return [(tf.reshape(theta[:, w0:b0], (-1, sizes[i], sizes[i + 1])), theta[:, b0:end])
-            for i, (w0, b0, end) in enumerate(layer_slices(sizes))]
-
-
 def _quantiles(values, q: float):
     """np.quantile's linear rule along axis 1 of sorted (K, m) values."""
     pos = q * (values.shape[1] - 1)
@@ -69,58 +65,63 @@ def _quantiles(values, q: float):
 def compiled(optimizer_name: str, sizes: tuple, activation: str):
     opt = optimizers.get(optimizer_name)
     act = tf.tanh if activation == "tanh" else tf.nn.relu
-    slices = layer_slices(sizes)
+    shapes = list(zip(sizes[:-1], sizes[1:]))
 
     def derivative(h):  # of the activation, from its output
         return 1.0 - h * h if activation == "tanh" else tf.cast(h > 0, h.dtype)
+
+    def forward(h, params):
+        """The output and every layer's input; params are (weights (K, in * out), bias (K, out)) per layer."""
+        inputs = []
+        for i, (fan_in, fan_out) in enumerate(shapes):
+            inputs.append(h)
+            h = tf.matmul(h, tf.reshape(params[2 * i], (-1, fan_in, fan_out))) + params[2 * i + 1][:, None, :]
+            if i < len(shapes) - 1:
+                h = act(h)
+        return h, inputs
 
     @tf.function(jit_compile=True, reduce_retracing=True)
     def run(x, y, batches, step_rows, record_end, n_records, seed_index, theta0, hyper):
         # x (n, F), y (n,); batches (T, S, B); seed_index (K,); theta0 (S, P); hyper name -> (K, 1)
         theta = tf.gather(theta0, seed_index)
+        # Each weight and bias its own tensor with its own optimizer state: the optimizers are
+        # elementwise, so this equals one flat vector bit for bit, without a slice and a concat per step.
+        params = tuple(theta[:, a:b] for w0, b0, end in layer_slices(sizes) for a, b in ((w0, b0), (b0, end)))
         lanes = tf.range(tf.shape(batches)[2])
         y64 = tf.cast(y, tf.float64)
 
-        def step(t, theta, state):
+        def step(t, params, states):
             rows = tf.gather(batches[t], seed_index)  # (K, B)
-            h, yb = tf.gather(x, rows), tf.gather(y, rows)
             count = step_rows[t]
-            layers, outputs = _layers(theta, sizes), [h]
-            for i, (w, b) in enumerate(layers):
-                h = tf.matmul(h, w) + b[:, None, :]
-                if i < len(layers) - 1:
-                    h = act(h)
-                outputs.append(h)
-            dz = ((h[..., 0] - yb) * tf.cast(lanes < count, tf.float32) / tf.cast(count, tf.float32))[..., None]
-            grads = []
-            for i in reversed(range(len(layers))):
-                grads = [tf.reshape(tf.matmul(outputs[i], dz, transpose_a=True), (tf.shape(dz)[0], -1)),
-                         tf.reduce_sum(dz, axis=1)] + grads
-                if i > 0:
-                    dz = tf.matmul(dz, layers[i][0], transpose_b=True) * derivative(outputs[i])
-            delta, state = opt.update(tf.concat(grads, axis=1), state, hyper)
-            return t + 1, theta + delta, state
+            h, inputs = forward(tf.gather(x, rows), params)
+            dz = ((h[..., 0] - tf.gather(y, rows)) * tf.cast(lanes < count, tf.float32)
+                  / tf.cast(count, tf.float32))[..., None]
+            grads = [None] * len(params)
+            for i in reversed(range(len(shapes))):
+                grads[2 * i] = tf.reshape(tf.matmul(inputs[i], dz, transpose_a=True), (tf.shape(dz)[0], -1))
+                grads[2 * i + 1] = tf.reduce_sum(dz, axis=1)
+                if i > 0:  # inputs[i] is the previous layer's activation
+                    w = tf.reshape(params[2 * i], (-1, *shapes[i]))
+                    dz = tf.matmul(dz, w, transpose_b=True) * derivative(inputs[i])
+            updated = [opt.update(g, state, hyper) for g, state in zip(grads, states)]
+            return t + 1, tuple(p + d for p, (d, _) in zip(params, updated)), tuple(s for _, s in updated)
 
-        def segment(r, t, theta, state, losses, eff_lr):
-            t, theta, state = tf.while_loop(lambda t, *_: t < record_end[r], step, (t, theta, state))
-            h = x[None]
-            layers = _layers(theta, sizes)
-            for i, (w, b) in enumerate(layers):
-                h = tf.matmul(h, w) + b[:, None, :]
-                if i < len(layers) - 1:
-                    h = act(h)
+        def segment(r, t, params, states, losses, eff_lr):
+            t, params, states = tf.while_loop(lambda t, *_: t < record_end[r], step, (t, params, states))
+            h, _ = forward(x[None], params)
             loss = 0.5 * tf.reduce_mean(tf.square(tf.cast(h[..., 0], tf.float64) - y64), axis=1)
-            lr_now = tf.broadcast_to(opt.effective_lr(state, hyper), tf.shape(theta))
             bands = []
-            for w0, _, end in slices:
-                ordered = tf.sort(lr_now[:, w0:end], axis=1)
+            for i in range(len(shapes)):
+                lr_now = tf.concat([tf.broadcast_to(opt.effective_lr(states[j], hyper), tf.shape(params[j]))
+                                    for j in (2 * i, 2 * i + 1)], axis=1)
+                ordered = tf.sort(lr_now, axis=1)
                 bands += [_quantiles(ordered, q) for q in QUANTILES]
-            return r + 1, t, theta, state, losses.write(r, loss), eff_lr.write(r, tf.stack(bands, axis=1))
+            return r + 1, t, params, states, losses.write(r, loss), eff_lr.write(r, tf.stack(bands, axis=1))
 
         records = (tf.TensorArray(tf.float64, size=n_records), tf.TensorArray(tf.float32, size=n_records))
-        _, _, theta, _, losses, eff_lr = tf.while_loop(
-            lambda r, *_: r < n_records, segment, (tf.constant(0), tf.constant(0), theta, opt.init(theta), *records)
-        )
-        return theta, losses.stack(), eff_lr.stack()
+        states = tuple(opt.init(p) for p in params)
+        _, _, params, _, losses, eff_lr = tf.while_loop(
+            lambda r, *_: r < n_records, segment, (tf.constant(0), tf.constant(0), params, states, *records))
+        return tf.concat(params, axis=1), losses.stack(), eff_lr.stack()
 
     return run
