@@ -41,7 +41,7 @@ def bench_study(ds, params, n_trials, seeds_per_trial=3, problem="linreg"):
     p = dataclasses.replace(config.for_problem(params, problem), study=dataclasses.replace(
         params.study, n_trials=n_trials, seeds_per_trial=seeds_per_trial))
     with tempfile.TemporaryDirectory() as tmp:
-        storage = study_storage.open_storage("journal", "rmsprop", p.study, Path(tmp))
+        storage = study_storage.open_storage("journal", p.study, Path(tmp))
         start = time.perf_counter()
         with tracking.Tracker(f"sqlite:///{tmp}/mlflow.db", "benchmark") as tracker:
             _, _, timings = study.run_with(tracker, "rmsprop", p, ds, storage, {})

@@ -31,7 +31,7 @@ def set_trials(root, n_trials):
 
 def counted(root, optimizer) -> dict:
     """trial number -> value of every counted trial of the optimizer's study, read by Optuna."""
-    store = storage_mod.open_storage("journal", optimizer, config.load_params(root / "params.yaml").study,
+    store = storage_mod.open_storage("journal", config.load_params(root / "params.yaml").study,
                                      root / "studies")
     names = [s.study_name for s in optuna.get_all_study_summaries(store) if s.study_name.startswith(f"linreg-{optimizer}-")]
     if not names:
@@ -359,7 +359,7 @@ def test_a_lost_tracking_server_does_not_stop_the_study_and_the_rerun_logs_each_
     server = MlflowServer(backend, tmp_path / "artifacts")
     root = _worker_project(tmp_path, raw_file, n_trials=40)
     env = run_env(MLFLOW_TRACKING_URI=server.url, CI="true")  # Optuna in the journal file
-    journal = lambda: storage_mod.open_storage("journal", "sgd", config.load_params(root / "params.yaml").study,  # noqa: E731
+    journal = lambda: storage_mod.open_storage("journal", config.load_params(root / "params.yaml").study,  # noqa: E731
                                                root / "studies")
     worker = _start(root, env, log_name="first.log")
     try:
@@ -419,7 +419,6 @@ def test_a_full_disk_under_the_mlflow_store_leaves_the_study_running_and_the_rer
     """MLflow's SQLite store on a 6 MiB tmpfs: it fills mid-study; Optuna keeps every trial, the
     stage says how many runs wait for MLflow, and once there is room the rerun writes each once."""
     from mlflow import MlflowClient
-    from conftest import run_env
 
     root = make_project(tmp_path, raw_file, n_trials=300)
     store = tmp_path / "mlstore"

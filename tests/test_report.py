@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from pypdf import PdfReader
 
 from pipeline.core import config
-from pipeline.stages import evaluate, report
+from pipeline.stages import report
 from pipeline.stages.evaluate import landscape, problem as evaluation
 from pipeline.stages.study import storage, trials as study
 from conftest import run_env
@@ -125,7 +125,7 @@ def test_dvc_repro_runs_every_stage_then_reruns_only_what_changed(project_copy):
     exp = client.get_experiment_by_name("airfoil-optimizers").experiment_id
     for problem, name in itertools.product(("linreg", "mlp"), ("sgd", "adagrad", "rmsprop")):
         assert len(list(csv.DictReader(open(project_copy / f"studies/{problem}/{name}/trials.csv")))) == 6
-        journal = storage.open_storage("journal", name, config.load_params(project_copy / "params.yaml").study,
+        journal = storage.open_storage("journal", config.load_params(project_copy / "params.yaml").study,
                                        project_copy / "studies")
         [summary] = [s for s in optuna.get_all_study_summaries(journal)
                      if s.study_name.startswith(f"{problem}-{name}-")]

@@ -256,7 +256,7 @@ def test_ctrl_c_stops_every_worker_cleanly_and_the_rerun_completes(raw_file, tmp
     root = make_project(tmp_path, raw_file, n_trials=5000)  # more than it can finish before the Ctrl-C
     env = run_env(CI="true")  # the default journal storage and SQLite store: one machine
     url = f"sqlite:///{root}/mlflow.db"
-    journal = lambda: storage.open_storage("journal", "sgd", config.load_params(root / "params.yaml").study,  # noqa: E731
+    journal = lambda: storage.open_storage("journal", config.load_params(root / "params.yaml").study,  # noqa: E731
                                            root / "studies")
     coordinator = start_worker(root, "sgd", env, "--workers", "2", log_name="first.log")
 

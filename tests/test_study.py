@@ -33,7 +33,7 @@ def with_study(params, **changes):
 def run(optimizer, params, dataset, root, storage="journal", summary=False):
     """The study command's work, in-process: storage and MLflow under root."""
     with tracking.Tracker(f"sqlite:///{root}/mlflow.db", "test") as tracker:
-        opened = storage_mod.open_storage(storage, optimizer, params.study, root)
+        opened = storage_mod.open_storage(storage, params.study, root)
         result, sink, timings = study_stage.run_with(tracker, optimizer, params, dataset, opened, {"storage": storage})
         parent = sink.parent_id
         outcome = study_outputs.write_outputs(result, optimizer, params, root / optimizer, timings)
@@ -130,7 +130,7 @@ def test_sqlite_storage_url_works_and_bad_url_is_masked(params, dataset, tmp_pat
     loaded = optuna.load_study(study_name=result.study_name, storage=url)
     assert len(loaded.trials) == 3
     with pytest.raises(PipelineError) as err:
-        storage_mod.open_storage("postgresql://alice:s3cret@127.0.0.1:1/optuna", "sgd", params.study, tmp_path)
+        storage_mod.open_storage("postgresql://alice:s3cret@127.0.0.1:1/optuna", params.study, tmp_path)
     assert "s3cret" not in str(err.value) and "postgresql://alice:***@127.0.0.1:1/optuna" in str(err.value)
 
 
@@ -149,7 +149,7 @@ def _project(project_copy):
 
 
 def _counted(root, optimizer):
-    storage = storage_mod.open_storage("journal", optimizer, config.load_params(root / "params.yaml").study, root / "studies")
+    storage = storage_mod.open_storage("journal", config.load_params(root / "params.yaml").study, root / "studies")
     summaries = [s for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith(f"linreg-{optimizer}-")]
     if not summaries:
         return []
@@ -309,7 +309,7 @@ def test_trial_failed_as_stale_just_before_its_tell_is_left_to_the_other_worker(
     """A hung worker wakes between recording its result and telling Optuna, after another worker
     failed the trial by heartbeat: Optuna's tell raises ValueError, and the worker goes on."""
     p = with_study(params, n_trials=3, seeds_per_trial=1)
-    store = storage_mod.open_storage(f"sqlite:///{tmp_path}/s.db", "sgd", p.study)
+    store = storage_mod.open_storage(f"sqlite:///{tmp_path}/s.db", p.study)
     with tracking.Tracker(f"sqlite:///{tmp_path}/mlflow.db", "test") as tracker:
         opened, created = study.open_study("sgd", p, dataset, store)
         sink = mirror.Mirror.attach(tracker, opened, created, "sgd", p, {})
@@ -353,7 +353,7 @@ def test_the_trial_loop_hands_each_finished_trial_to_its_sink_and_knows_no_mlflo
 
     p = with_study(params, n_trials=4, seeds_per_trial=1, search_space={
         **params.study.search_space, "lr": config.Range(0.5, 10.0, "log")})  # some diverge, all are handed over
-    store = storage_mod.open_storage("journal", "sgd", p.study, tmp_path)
+    store = storage_mod.open_storage("journal", p.study, tmp_path)
     opened, created = study.open_study("sgd", p, dataset, store)
     sink = RecordingSink()
     timings = study.run_study(opened, "sgd", p, dataset, store, sink)
@@ -371,7 +371,7 @@ def test_the_trial_loop_hands_each_finished_trial_to_its_sink_and_knows_no_mlflo
 
 def test_an_interrupted_trial_is_failed_handed_to_the_sink_and_the_sink_aborts(params, dataset, tmp_path, monkeypatch):
     p = with_study(params, n_trials=4, seeds_per_trial=1)
-    store = storage_mod.open_storage("journal", "sgd", p.study, tmp_path)
+    store = storage_mod.open_storage("journal", p.study, tmp_path)
     opened, _ = study.open_study("sgd", p, dataset, store)
     real = study.search.evaluate_trial
 

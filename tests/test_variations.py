@@ -16,7 +16,7 @@ from pipeline.core import config, data, optimizers, pieces, problems, tracking
 from pipeline.stages import evaluate, prepare, report
 from pipeline.stages import study as study_stage
 from pipeline.stages.evaluate import landscape
-from pipeline.stages.study import storage, trials as study, outputs as study_outputs
+from pipeline.stages.study import storage, outputs as study_outputs
 from conftest import ROOT, cli, prepared_project, read_csv, run_env
 
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -101,9 +101,9 @@ def run_pipeline(params: config.Params, dataset: data.Dataset, root) -> tuple:
         for p in params.study.problems:
             problem_params = config.for_problem(params, p)
             for o in params.study.optimizers:
-                store = storage.open_storage(params.study.storage, o, params.study, root / "studies")
+                store = storage.open_storage(params.study.storage, params.study, root / "studies")
                 result, sink, timings = study_stage.run_with(tracker, o, problem_params, dataset, store, {})
-                outcome = study_outputs.write_outputs(result, o, problem_params, storage.study_dir(p, o, root / "studies"),
+                outcome = study_outputs.write_outputs(result, o, problem_params, study_outputs.study_dir(p, o, root / "studies"),
                                                       timings)
                 study_outputs.log_study_summary(tracker, sink.parent_id, result, o, outcome, problem_params)
     summary = evaluate.evaluate(dataset, params, root / "studies", root / "reports/evaluation",

@@ -1,6 +1,5 @@
 """What the report shows across problems (the excess-loss table, the performance profile, the seed's
 claim) and a network's per-layer effective learning rate: figures and tables from summary.json."""
-import numpy as np
 
 from pipeline.stages.report import findings
 from pipeline.stages.report.figures import color, label, panels, plt

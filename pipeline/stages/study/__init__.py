@@ -1,17 +1,24 @@
-"""`study` stage: one seeded Optuna study per optimizer, every trial mirrored to MLflow.
+"""`study` stage: one seeded Optuna study per problem and optimizer, every trial mirrored to MLflow.
 
 Read in this order:
   trials.py   the ask-and-tell loop over the budget, and a trial's life from ask to tell to its sink
   search.py   what a trial computes: sampler, objective, and the study's name
-  labels.py   how a study is shown to people: MLflow run name, Optuna user attributes
   storage.py  the Optuna storage (journal file or RDB) and trials whose worker is gone
-  mirror.py   the sink: each finished trial into MLflow exactly once, the study's parent run
+  mirror.py   the study as people see it: its labels (MLflow run name, optuna-dashboard identity)
+              and the sink: each finished trial into MLflow exactly once, the study's parent run
   outputs.py  trials.csv, best.json, metrics.json, timings.csv, and the study's MLflow summary
-  workers.py  helper processes for `--workers N`
+and, below, the helper processes of `--workers N`.
 
 Nothing here imports TensorFlow at import time: `run` starts MLflow's process first so that
 its start-up overlaps TensorFlow's.
 """
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 from pipeline.core import data
 from pipeline.core.config import Params, mask_url
 
@@ -22,11 +29,10 @@ def run(optimizer: str, params: Params, storage_url: str, tracking_uri: str, wor
     helper, write the outputs. Returns (study, outcome, timings); outcome is None for a helper."""
     from pipeline.core import tracking
     from pipeline.stages.study import storage
-    from pipeline.stages.study import workers as worker_processes
 
     # Everything that can fail is checked before anything is written: a storage server first,
     # then tracking, and only then the journal file (created on open).
-    open_store = lambda: storage.open_storage(storage_url, optimizer, params.study)  # noqa: E731
+    open_store = lambda: storage.open_storage(storage_url, params.study)  # noqa: E731
     store = None if storage_url == storage.JOURNAL else open_store()
     dataset = data.load_prepared()
     with tracking.Tracker(tracking_uri, params.mlflow.experiment) as tracker:  # starts MLflow's process
@@ -34,14 +40,14 @@ def run(optimizer: str, params: Params, storage_url: str, tracking_uri: str, wor
         if workers > 1:  # helpers start once the stores are known to work, then import TensorFlow beside us
             tracker.ready()
             store = store or open_store()
-            helpers = worker_processes.spawn(optimizer, params.problem, workers - 1, storage_url, params_file)
+            helpers = spawn_helpers(optimizer, params.problem, workers - 1, storage_url, params_file)
         try:
             from pipeline.stages.study import outputs  # TensorFlow, while MLflow's process starts
 
             tracker.ready()
             store = store or open_store()
         except BaseException:
-            worker_processes.stop(helpers)
+            stop_helpers(helpers)
             raise
         import optuna
 
@@ -52,7 +58,7 @@ def run(optimizer: str, params: Params, storage_url: str, tracking_uri: str, wor
             sink.report_waiting(study)
         if helper:
             return study, None, timings  # the worker that started it writes the outputs
-        outcome = outputs.write_outputs(study, optimizer, params, storage.study_dir(params.problem, optimizer), timings)
+        outcome = outputs.write_outputs(study, optimizer, params, outputs.study_dir(params.problem, optimizer), timings)
         if not sink.lost:
             outputs.log_study_summary(tracker, sink.parent_id, study, optimizer, outcome, params)
     return study, outcome, timings
@@ -63,12 +69,37 @@ def run_with(tracker, optimizer: str, params: Params, dataset, store, tags: dict
     """(study, its MLflow mirror, this worker's timings): the study opened or joined, its mirror
     attached (parent run, dead workers' trials), and this worker's share of the budget run."""
     from pipeline.stages.study import mirror, trials
-    from pipeline.stages.study import workers as worker_processes
 
     try:
         study, created = trials.open_study(optimizer, params, dataset, store)
         sink = mirror.Mirror.attach(tracker, study, created, optimizer, params, tags)
+        return study, sink, trials.run_study(study, optimizer, params, dataset, store, sink, progress, helpers)
     except BaseException:
-        worker_processes.stop(helpers)
+        stop_helpers(helpers)
         raise
-    return study, sink, trials.run_study(study, optimizer, params, dataset, store, sink, progress, helpers)
+
+# --- helper processes for `--workers N` ------------------------------------------------------
+# Helpers are plain study workers (`study <optimizer> --worker`) on the same storage and tracking
+# server; Optuna hands each its own trials. They are started as soon as the storage and tracking
+# checks pass, so their start-up (TensorFlow's import) overlaps ours, and they get our Ctrl-C.
+
+def spawn_helpers(optimizer: str, problem: str, n: int, storage_url: str, params_file: Path) -> list:
+    """n helper workers. The storage URL travels in the environment, so a password in it never
+    shows in the process list."""
+    env = {**os.environ, "OPTUNA_STORAGE": storage_url}
+    cmd = [sys.executable, "-m", "pipeline", "--params", str(params_file), "study", optimizer, "--problem", problem, "--worker"]
+    return [subprocess.Popen(cmd, env=env) for _ in range(n)]
+
+
+def stop_helpers(helpers: list, timeout: float = 30.0) -> None:
+    """Pass an interrupt on to the helpers and wait for them to record their trials."""
+    for h in helpers:
+        if h.poll() is None:
+            h.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    for h in helpers:
+        try:
+            h.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            h.kill()
+            h.wait()

@@ -1,4 +1,6 @@
-"""The study's trials mirrored into MLflow: one child run per finished trial, built from its
+"""The study as people see it. Its labels: the MLflow run name and group, and its identity as
+Optuna user attributes for optuna-dashboard (kept out of search.py, so rewording a label never
+changes a study's name). Its trials mirrored into MLflow: one child run per finished trial, built from its
 Optuna record alone, so the worker that ran it and whoever logs a dead worker's trial later write
 the same run. The Optuna storage is the source of truth; MLflow is a view of it.
 
@@ -13,14 +15,41 @@ import time
 import numpy as np
 from optuna.trial import TrialState
 
-from pipeline.core import space
+from pipeline.core import optimizers, problems, space
 from pipeline.core.config import Params
 from pipeline.core.errors import PipelineError
 from pipeline.core.tracking import Tracker
-from pipeline.stages.study import labels, storage
+from pipeline.stages.study import storage
 
 log = logging.getLogger(__name__)
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attribute: the MLflow parent run every worker logs under
+
+
+def _ranges(optimizer: str, params: Params) -> dict:
+    space = params.study.search_space
+    return {h: f"{space[h].low:g}..{space[h].high:g}" for h in optimizers.get(optimizer).hyperparams}
+
+
+def identity(optimizer: str, params: Params) -> dict:
+    """What the study is, as Optuna user attributes a person reads in optuna-dashboard."""
+    t, space = params.train, params.study.search_space
+    init = "Glorot uniform" if problems.get(params.problem).hidden else f"{t.init} (std {t.init_std:g})"
+    return {"problem": params.problem, "model": problems.get(params.problem).description, "optimizer": optimizer,
+            "search_space": {h: f"{r} ({space[h].scale})" for h, r in _ranges(optimizer, params).items()},
+            "protocol": f"batch {t.batch_size}, {t.epochs} epochs, init {init}, loss recorded "
+                        f"every {t.record_every} examples",
+            "objective": f"{params.study.objective}, mean over seeds 0..{params.study.seeds_per_trial - 1}"}
+
+
+def group(optimizer: str, params: Params) -> str:
+    """A study as a person names it, e.g. `mlp · rmsprop`: its trials experiment is `<experiment> · <group> trials`."""
+    return f"{params.problem} · {optimizer}"
+
+
+def run_name(optimizer: str, params: Params) -> str:
+    """The study's MLflow run, e.g. `mlp · rmsprop · 100 trials · lr 0.0001..1, gamma 0.5..0.999`."""
+    ranges = ", ".join(f"{h} {r}" for h, r in _ranges(optimizer, params).items())
+    return f"{group(optimizer, params)} · {params.study.n_trials} trials · {ranges}"
 
 
 class Mirror:
@@ -31,15 +60,18 @@ class Mirror:
 
     def __init__(self, tracker: Tracker, parent_id: str, optimizer: str, params: Params):
         self.tracker, self.parent_id, self.optimizer, self.params = tracker, parent_id, optimizer, params
-        self.group = labels.group(optimizer, params)
+        self.group = group(optimizer, params)
         self.lost = None  # why MLflow stopped taking runs, once it did
 
     @classmethod
     def attach(cls, tracker: Tracker, study, created: bool, optimizer: str, params: Params, tags: dict) -> "Mirror":
         """The study's mirror: its one parent run found or made, and the finished trials dead
         workers left unlogged logged now. MLflow must work here, before any trial runs."""
+        if created:
+            for key, value in identity(optimizer, params).items():
+                study.set_user_attr(key, value)
         tags = {**tags, "problem": params.problem, "optimizer": optimizer, "params_digest": study.study_name.rsplit("-", 1)[1]}
-        parent_id = _parent_run(study, created, tracker, tags, params.study.grace_s, labels.run_name(optimizer, params))
+        parent_id = _parent_run(study, created, tracker, tags, params.study.grace_s, run_name(optimizer, params))
         synced = sync_mlflow(study, tracker, parent_id, optimizer, params)
         if synced:
             log.info("%s: %d finished trial(s) a dead worker had not logged now logged to MLflow", study.study_name,
@@ -170,8 +202,8 @@ def sync_mlflow(study, tracker: Tracker, parent_id: str, optimizer: str, params:
     one finished longer than grace_s ago. Other live workers' recent trials are left to them, and
     every trial not our own is claimed first, so no trial is logged twice. Returns how many."""
     tracker.flush()
-    group = labels.group(optimizer, params)
-    logged, now, added = tracker.logged_trials(parent_id, group), time.time(), 0
+    trials_group = group(optimizer, params)
+    logged, now, added = tracker.logged_trials(parent_id, trials_group), time.time(), 0
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.RUNNING:
             continue
@@ -187,7 +219,7 @@ def sync_mlflow(study, tracker: Tracker, parent_id: str, optimizer: str, params:
             added += 1
         elif (mine or storage.owner_gone(t) or abandoned or stale) and claim(tracker, parent_id, t.number):
             if broken:
-                tracker.delete_unfinished_trial_runs(parent_id, group, t.number)
+                tracker.delete_unfinished_trial_runs(parent_id, trials_group, t.number)
             log_trial(tracker, parent_id, optimizer, params, t)
             added += 1
     tracker.flush()

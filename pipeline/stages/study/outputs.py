@@ -1,4 +1,4 @@
-"""The study stage's outputs under studies/<optimizer>/: trials.csv (the first n_trials counted
+"""The study stage's outputs under studies/<problem>/<optimizer>/: trials.csv (the first n_trials counted
 trials by number; deterministic for one worker: same params and a fresh storage give the same
 bytes), best.json, metrics.json and timings.csv (wall times, which vary); and the study's summary
 on its MLflow parent run, with Optuna's own plots.
@@ -16,11 +16,17 @@ from optuna.trial import TrialState
 from pipeline.core import fileio, optimizers, space
 from pipeline.core.config import Params
 from pipeline.core.errors import PipelineError
+from pipeline.core.paths import STUDIES_DIR
 from pipeline.core.tracking import Tracker
-from pipeline.stages.study import labels, search, storage
+from pipeline.stages.study import mirror, search, storage
 from pipeline.stages.study.trials import is_counted
 
 log = logging.getLogger(__name__)
+
+
+def study_dir(problem: str, optimizer: str, root: Path = STUDIES_DIR) -> Path:
+    """studies/<problem>/<optimizer>/: the study stage's outputs."""
+    return Path(root) / problem / optimizer
 
 
 def counted_trials(study: optuna.Study, n_trials: int) -> tuple:
@@ -121,19 +127,19 @@ def log_study_summary(tracker: Tracker, parent_id: str, study: optuna.Study, opt
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             fig.savefig(Path(tmp) / f"{name}.png", dpi=100, bbox_inches="tight")
             plt.close(fig)
-        tracker.finish_study(parent_id, metrics, tags, tmp, name=labels.run_name(optimizer, params))
+        tracker.finish_study(parent_id, metrics, tags, tmp, name=mirror.run_name(optimizer, params))
 
 
 def _note(tracker: Tracker, study, optimizer: str, outcome: StudyOutcome, params: Params) -> str:
     """The study's description on its MLflow run (Markdown): what it searched, its best trial,
     and where its trial runs are."""
     m, best = outcome.metrics, outcome.best
-    summary_id, trials_id = tracker.experiment_ids(labels.group(optimizer, params))
-    identity = labels.identity(optimizer, params)
+    summary_id, trials_id = tracker.experiment_ids(mirror.group(optimizer, params))
+    identity = mirror.identity(optimizer, params)
     hyper = ", ".join(f"{h} {v:.4g}" for h, v in outcome.best_hyperparams.items())
-    return (f"**{labels.group(optimizer, params)}**: Optuna study `{study.study_name}` (TPE, seed {params.study.seed}), "
+    return (f"**{mirror.group(optimizer, params)}**: Optuna study `{study.study_name}` (TPE, seed {params.study.seed}), "
             f"{m['trials']} trials ({m['diverged']} diverged) over "
             f"{', '.join(f'{h} {r}' for h, r in identity['search_space'].items())}; {identity['protocol']}; "
             f"objective {identity['objective']}.\n\n"
             f"Best: trial {best.number}, {params.study.objective} {best.value:.6f} with {hyper}.\n\n"
-            f"Trial runs: [{labels.group(optimizer, params)} trials](#/experiments/{trials_id}?workflowType=machine_learning).")
+            f"Trial runs: [{mirror.group(optimizer, params)} trials](#/experiments/{trials_id}?workflowType=machine_learning).")

@@ -3,7 +3,7 @@ Optuna's side is core/space.py).
 
 Everything here changes a trial's result, so this file's code is part of the study's name
 (with the space, the engine and the optimizers): a change here starts a new study instead of
-mixing results. How studies are labelled for people lives in labels.py, outside that digest.
+mixing results. How studies are labelled for people lives in mirror.py, outside that digest.
 """
 import dataclasses
 import hashlib

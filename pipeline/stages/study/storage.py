@@ -75,12 +75,7 @@ class FlockLock:
                 os.close(fd)  # drops the flock with it
 
 
-def study_dir(problem: str, optimizer: str, root: Path = STUDIES_DIR) -> Path:
-    """studies/<problem>/<optimizer>/: the study stage's outputs."""
-    return Path(root) / problem / optimizer
-
-
-def open_storage(url: str, optimizer: str, study: StudyParams, root: Path = STUDIES_DIR):
+def open_storage(url: str, study: StudyParams, root: Path = STUDIES_DIR):
     """The journal file studies/optuna.journal (url "journal"; one file holds every study, so one
     `optuna-dashboard studies/optuna.journal` shows them all), or an Optuna RDB
     storage, connected and checked before any work. Errors name the URL with its password masked."""

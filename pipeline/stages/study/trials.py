@@ -29,7 +29,7 @@ from pipeline.core import space
 from pipeline.core.config import Params
 from pipeline.core.data import Dataset
 from pipeline.core.interrupts import interrupts_deferred
-from pipeline.stages.study import labels, search, storage, workers
+from pipeline.stages.study import search, storage
 from pipeline.stages.study.storage import Failure
 
 log = logging.getLogger(__name__)
@@ -49,12 +49,10 @@ def open_study(optimizer: str, params: Params, dataset: Dataset, store) -> tuple
         study, created = optuna.create_study(study_name=name, storage=store, direction="minimize"), True
     except optuna.exceptions.DuplicatedStudyError:
         study, created = optuna.load_study(study_name=name, storage=store), False
-    if created:  # what optuna-dashboard shows: the objective's name and what the study is
+    if created:  # what optuna-dashboard shows as the objective's name (the mirror adds what the study is)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([params.study.objective])
-        for key, value in labels.identity(optimizer, params).items():
-            study.set_user_attr(key, value)
     failed = storage.fail_abandoned(study, store, params.study.grace_s)
     if failed:
         log.info("%s: %d trial(s) left running by a dead worker marked failed", name, failed)
@@ -167,7 +165,7 @@ def _progress(study: optuna.Study, optimizer: str, target: int):
 
 def run_study(study: optuna.Study, optimizer: str, params: Params, dataset: Dataset, store, sink,
               progress: bool = False, helpers: list = ()) -> list:
-    """Run this worker's share of the study beside its helper processes (see workers.py) and
+    """Run this worker's share of the study beside its helper processes (study/__init__.py) and
     return its timings, once the budget is done and the sink has every finished trial."""
     log.info("%s: %d of %d trials already done", study.study_name,
              min(sum(map(is_counted, study.get_trials(deepcopy=False))), params.study.n_trials), params.study.n_trials)
@@ -178,8 +176,7 @@ def run_study(study: optuna.Study, optimizer: str, params: Params, dataset: Data
                 log.warning("helper worker %d exited with code %d; its trials are kept", h.pid, h.returncode)
         sink.sync(study)  # also what helpers that died left
     except BaseException:
-        workers.stop(helpers)
-        sink.abort()
+        sink.abort()  # the caller, who started the helpers, stops them
         raise
     for t in timings:
         t["mlflow_background"] = sink.background_seconds(t["number"])
