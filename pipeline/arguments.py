@@ -18,6 +18,16 @@ def _flag(annotation, convert):
 _positive_int = _flag(config.Positive, int)
 _positive_float = _flag(config.PositiveFloat, float)
 _unit_interval = _flag(config.Fraction, float)
+_non_negative_int = _flag(config.NonNegative, int)
+_non_negative_float = _flag(config.NonNegativeFloat, float)
+
+
+def _steps_list(text: str) -> tuple:
+    """--steps-at 15,30: update counts, comma-separated."""
+    try:
+        return tuple(_non_negative_int(x) for x in text.split(",") if x.strip())
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{e} (in {text!r}; write e.g. 15,30)") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,6 +40,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(description: str) -> argparse.ArgumentParser:
     from pipeline.core.optimizers import HYPERPARAMETERS, OPTIMIZERS
     from pipeline.core.problems import PROBLEMS
+    from pipeline.core.schedules import SCHEDULES, SETTINGS
 
     parser = _Parser(prog="python -m pipeline", description=description)
     parser.add_argument("--params", default=str(config.PARAMS_FILE), help="params file (default: %(default)s)")
@@ -94,4 +105,16 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     optimizer_flags(p, "the 2-D demo's setting, evaluate.quadratic.<optimizer> in params.yaml", "--eta")
     p.add_argument("--steps", type=_positive_int, default=20, help="default: %(default)s")
     p.add_argument("--trace", help="also write the path as CSV (step,x1,x2,f) to this file")
+
+    p = sub.add_parser("schedule", help="a learning-rate schedule's rate at each update (D2L 11.11's figures)",
+                       description="Print `t <update> lr <rate>` for updates 0 .. steps - 1. Every setting left out is "
+                       "the book's figure's, from pipeline/core/schedules.py.")
+    p.add_argument("name", choices=list(SCHEDULES))
+    p.add_argument("--steps", type=_positive_int, help="updates to print (default: the book's figure's)")
+    p.add_argument("--base-lr", type=_non_negative_float, help="the initial (peak, with a warmup) rate")
+    for setting in SETTINGS.values():  # one flag per setting the registry knows
+        kind = {"rate": _non_negative_float, "steps": _non_negative_int, "fraction": _unit_interval,
+                "steps list": _steps_list}[setting.kind]
+        p.add_argument("--" + setting.name.replace("_", "-"), dest=setting.name, type=kind, help=setting.description)
+    p.add_argument("--json", action="store_true", help="print the rates as one JSON list")
     return parser

@@ -92,6 +92,24 @@ def cmd_quadratic(args, params: config.Params) -> None:
                        delimiter=",", header="step,x1,x2,f", comments="", fmt=["%d", "%.9g", "%.9g", "%.9g"])
 
 
+def cmd_schedule(args, params: config.Params) -> None:
+    from pipeline.core import schedules
+
+    schedule = schedules.get(args.name)
+    foreign = [n for n in schedules.SETTINGS if getattr(args, n) is not None and n not in schedule.settings]
+    if foreign:
+        takes = ", ".join("--" + n.replace("_", "-") for n in schedule.settings) or "only --base-lr and --steps"
+        raise PipelineError(f"--{foreign[0].replace('_', '-')} does not apply to the {args.name} schedule: it takes {takes}")
+    book = schedule.book
+    settings = {n: book[n] if getattr(args, n) is None else getattr(args, n) for n in schedule.settings}
+    rates = schedules.values(args.name, args.steps or book["steps"],
+                             book["base_lr"] if args.base_lr is None else args.base_lr, settings)
+    if args.json:
+        print(json.dumps(rates.tolist()))
+    else:
+        print("\n".join(f"t {t} lr {rate:.6f}" for t, rate in enumerate(rates)))
+
+
 def git_commit() -> str:
     import subprocess
 
@@ -180,7 +198,8 @@ def cmd_ui(args, params: config.Params) -> None:
 
 
 COMMANDS = {"download": cmd_download, "prepare": cmd_prepare, "train": cmd_train, "study": cmd_study,
-            "evaluate": cmd_evaluate, "report": cmd_report, "ui": cmd_ui, "quadratic": cmd_quadratic}
+            "evaluate": cmd_evaluate, "report": cmd_report, "ui": cmd_ui, "quadratic": cmd_quadratic,
+            "schedule": cmd_schedule}
 
 
 def _stop_on_sigterm(signum, frame):

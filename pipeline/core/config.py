@@ -24,6 +24,8 @@ from pipeline.core.errors import PipelineError
 PARAMS_FILE = Path("params.yaml")
 Positive = Annotated[StrictInt, Field(gt=0)]
 PositiveFloat = Annotated[StrictFloat, Field(gt=0)]
+NonNegative = Annotated[StrictInt, Field(ge=0)]
+NonNegativeFloat = Annotated[StrictFloat, Field(ge=0)]
 Fraction = Annotated[StrictFloat, Field(gt=0, lt=1)]  # a decay: remembers about 1 / (1 - value) steps
 OBJECTIVES = ("final_loss", "mean_loss")
 SCALES = ("linear", "log", "log1m")
