@@ -78,10 +78,12 @@ def run_with(tracker, optimizer: str, params: Params, dataset, store, tags: dict
         stop_helpers(helpers)
         raise
 
+
 # --- helper processes for `--workers N` ------------------------------------------------------
 # Helpers are plain study workers (`study <optimizer> --worker`) on the same storage and tracking
 # server; Optuna hands each its own trials. They are started as soon as the storage and tracking
 # checks pass, so their start-up (TensorFlow's import) overlaps ours, and they get our Ctrl-C.
+
 
 def spawn_helpers(optimizer: str, problem: str, n: int, storage_url: str, params_file: Path) -> list:
     """n helper workers. The storage URL travels in the environment, so a password in it never
