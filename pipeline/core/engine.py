@@ -193,8 +193,9 @@ def train(
     theta0 = np.stack([s[0] for s in streams])
     batches = np.stack([s[1].reshape(-1, protocol.batch_size) for s in streams], axis=1)  # (T, S, B)
 
-    # Pad K and S to powers of two by repeating the first entry: padded rows train and are dropped.
-    # A network's step costs too much to pad, and its compile is paid once per study anyway.
+    # Pad S, and the linear model's K, to powers of two by repeating the first entry: padded rows
+    # train and are dropped. A network's K is padded only to 2: its step costs too much to train
+    # spare rows, and its compile is paid once per study anyway.
     kb, sb = (max(k, 2) if model.hidden else _bucket(k)), _bucket(len(unique_seeds))  # network.py: why 2
     pad_k = lambda a: np.concatenate([a, np.repeat(a[:1], kb - k, axis=0)])
     theta0 = np.concatenate([theta0, np.repeat(theta0[:1], sb - len(theta0), axis=0)])

@@ -16,13 +16,13 @@ training loop can call it as it is. Formulas and names are the book's classes':
 FactorScheduler is stateful in the book: each call multiplies first and then returns, so its
 first value is already base_lr * factor; `lr` keeps that.
 
-The registry is the one place that knows a schedule: the settings it reads, the book's demo
-(the values its figure plots), and the Keras schedule with the same values where Keras has one.
+The registry is the one place that knows a schedule: the settings it reads and the book's demo
+(the values its figure plots).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.pieces import tf
@@ -88,40 +88,20 @@ class Schedule(NamedTuple):
     settings: tuple  # the names (SETTINGS) lr reads
     lr: Callable  # (t, base_lr, settings) -> the rate of update t
     book: dict  # the book's demo: base_lr, steps (the figure's length) and each setting
-    keras: Optional[Callable] = None  # (base_lr, settings) -> (Keras schedule, the step to ask it for at t)
-
-
-def _keras_exponential(base, s):
-    sched = tf.keras.optimizers.schedules.ExponentialDecay(base, decay_steps=1, decay_rate=s["factor"])
-    return sched, lambda t: t + 1  # the book's first value has decayed once; Keras has no floor (stop_lr)
-
-
-def _keras_piecewise(base, s):
-    values = [base * s["factor"] ** i for i in range(len(s["steps_at"]) + 1)]
-    return tf.keras.optimizers.schedules.PiecewiseConstantDecay(list(s["steps_at"]), values), lambda t: t
-
-
-def _keras_cosine(base, s):
-    warmup = s.get("warmup_steps", 0)
-    common = dict(decay_steps=s["max_update"] - warmup, alpha=s["final_lr"] / base)
-    if warmup:
-        common.update(warmup_target=base, warmup_steps=warmup)
-    start = s["warmup_begin_lr"] if warmup else base
-    return tf.keras.optimizers.schedules.CosineDecay(start, **common), lambda t: t
 
 
 SCHEDULES = {s.name: s for s in (
     Schedule("constant", "constant", (), _constant, {"base_lr": 0.1, "steps": 30}),
     Schedule("sqrt", "square root", (), _sqrt, {"base_lr": 1.0, "steps": 30}),
     Schedule("factor", "factor", ("factor", "stop_lr"), _factor,
-             {"base_lr": 2.0, "steps": 50, "factor": 0.9, "stop_lr": 1e-2}, _keras_exponential),
+             {"base_lr": 2.0, "steps": 50, "factor": 0.9, "stop_lr": 1e-2}),
     Schedule("multifactor", "multi-factor", ("factor", "steps_at"), _multifactor,
-             {"base_lr": 0.5, "steps": 30, "factor": 0.5, "steps_at": (15, 30)}, _keras_piecewise),
+             {"base_lr": 0.5, "steps": 30, "factor": 0.5, "steps_at": (15, 30)}),
     Schedule("cosine", "cosine", ("final_lr", "max_update"), _cosine,
-             {"base_lr": 0.5, "steps": 30, "final_lr": 0.01, "max_update": 20}, _keras_cosine),
+             {"base_lr": 0.5, "steps": 30, "final_lr": 0.01, "max_update": 20}),
     Schedule("warmup_cosine", "cosine with warmup", ("final_lr", "max_update", "warmup_steps", "warmup_begin_lr"),
              _cosine, {"base_lr": 0.5, "steps": 30, "final_lr": 0.01, "max_update": 20, "warmup_steps": 5,
-                       "warmup_begin_lr": 0.0}, _keras_cosine),
+                       "warmup_begin_lr": 0.0}),
     Schedule("warmup_linear", "linear warmup and decay", ("final_lr", "max_update", "warmup_steps", "warmup_begin_lr"),
              _warmup_linear, {"base_lr": 0.5, "steps": 30, "final_lr": 0.01, "max_update": 20, "warmup_steps": 5,
                               "warmup_begin_lr": 0.0}),

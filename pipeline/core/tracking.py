@@ -27,8 +27,6 @@ from pipeline.core.config import mask_url
 from pipeline.core.errors import PipelineError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-             "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}  # the user's own settings win
 PARENT = worker.PARENT
 now_ms = worker.now_ms
 
@@ -63,10 +61,6 @@ class Tracker:
         if urlparse(tracking_uri).scheme in ("http", "https"):
             _check_server(tracking_uri)
         self.uri = tracking_uri
-        # A lost tracking server fails a run within seconds, not after MLflow's minutes of
-        # retries: the study goes on without it, and the next run logs what is missing.
-        for name, value in FAIL_FAST.items():  # the user's own settings win
-            os.environ.setdefault(name, value)
         # spawn, not fork: the stage may hold TensorFlow's threads. The URI, password and all,
         # goes through the executor's pipe: it stays out of the process list.
         self._pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), worker.start,

@@ -12,6 +12,10 @@ from urllib.parse import urlparse
 from pipeline.core.config import mask_url
 
 PARENT = "mlflow.parentRunId"
+# A lost tracking server fails a run within seconds, not after MLflow's minutes of retries: the
+# study goes on without it, and the next run logs what is missing. The user's own settings win.
+FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+             "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 _store = {}  # this process's client, experiment ids and the first failure (start fills it)
 
 
@@ -65,6 +69,8 @@ def start(uri: str, experiment: str, study_pid: int) -> None:
     threading.Thread(target=_exit_with, args=(study_pid,), daemon=True).start()
     os.dup2(2, 1)  # MLflow prints to stdout ("View run ..."), which is the stage's own
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # and costs a get_run per run doing so
+    for name, value in FAIL_FAST.items():
+        os.environ.setdefault(name, value)
     # A store error comes back to the study as one line (and the study goes on without MLflow);
     # MLflow would also print its traceback for SQL errors, such as a full disk.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
@@ -102,7 +108,8 @@ def _client():
 
 @_op
 def hello() -> None:
-    """Returns once the store is open and holds the experiment."""
+    """Returns once the store is open and holds the experiment, and (one worker, in order) once
+    everything sent before it is written."""
 
 
 def _experiment(name: str) -> str:

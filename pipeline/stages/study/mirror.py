@@ -1,8 +1,8 @@
 """The study as people see it. Its labels: the MLflow run name and group, and its identity as
 Optuna user attributes for optuna-dashboard (kept out of search.py, so rewording a label never
-changes a study's name). Its trials mirrored into MLflow: one child run per finished trial, built from its
-Optuna record alone, so the worker that ran it and whoever logs a dead worker's trial later write
-the same run. The Optuna storage is the source of truth; MLflow is a view of it.
+changes a study's name). Its trials mirrored into MLflow: one child run per finished trial, built
+from its Optuna record alone, so the worker that ran it and whoever logs a dead worker's trial
+later write the same run. The Optuna storage is the source of truth; MLflow is a view of it.
 
 Who logs a trial: its own worker, at once. Anyone else only once its worker cannot (gone, failed
 as abandoned) or has not for grace_s, and then only after claiming it in MLflow (Tracker.claim:
