@@ -5,10 +5,17 @@ import sys
 from pipeline.cli import main
 
 if __name__ == "__main__":  # not when the MLflow process (spawned) imports this module again
-    status = main()
+    try:
+        status = main()
+    except BrokenPipeError:  # the reader left (`... | head`): as `cat` does, stop quietly, not with a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 1
     # Leave without the interpreter's teardown: TensorFlow's takes about a second per stage, and by now
     # every output is written and closed, the MLflow process has exited and helpers are stopped.
     logging.shutdown()
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass
     sys.stderr.flush()
     os._exit(status)

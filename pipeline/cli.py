@@ -49,7 +49,7 @@ def _hyper(args, defaults: dict, registry_setting: str) -> dict:
 def cmd_train(args, params: config.Params) -> None:
     import dataclasses
 
-    from pipeline.core import engine
+    from pipeline.core import engine, problems
 
     protocol = config.validated(dataclasses.replace, config.for_problem(params, args.problem).train, **{
         k: v for k, v in (("batch_size", args.batch_size), ("epochs", args.epochs), ("init", args.init)) if v is not None})
@@ -60,7 +60,7 @@ def cmd_train(args, params: config.Params) -> None:
     if args.json:
         print(json.dumps({
             "problem": args.problem,
-            "architecture": engine.architecture(dataset, args.problem),
+            "architecture": problems.architecture(args.problem, dataset.features.shape[1]),
             "initial_parameters": engine.initial_layers(dataset, args.seed, protocol, args.problem),
             "protocol": dataclasses.asdict(protocol),
             "optimizer": args.optimizer,
@@ -70,7 +70,7 @@ def cmd_train(args, params: config.Params) -> None:
             "final_loss": None if diverged else float(result.final_loss[0]),
             "examples": result.examples.tolist(),
             "losses": [x if np.isfinite(x) else None for x in result.losses[0].tolist()],
-            "effective_lr_columns": list(engine.lr_columns(dataset, args.problem)),
+            "effective_lr_columns": list(problems.lr_columns(args.problem, dataset.features.shape[1])),
             "effective_lr": [[x if np.isfinite(x) else None for x in row] for row in result.effective_lr[0].tolist()],
         }))
     elif diverged:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.core import network, optimizers, problems
+from pipeline.core import network, optimizers, problems, schedules
 from pipeline.core.config import TrainParams
 from pipeline.core.data import Dataset
 from pipeline.core.tfimport import tf
@@ -52,7 +52,7 @@ class TrainResult(NamedTuple):
         return self.final_loss
 
 
-class Schedule(NamedTuple):
+class Timeline(NamedTuple):
     """Static shape of one training run, derived from the data size and the protocol."""
 
     steps_per_epoch: int
@@ -61,7 +61,7 @@ class Schedule(NamedTuple):
     examples: np.ndarray  # (R,) examples seen at each record
 
 
-def schedule(n_rows: int, protocol: TrainParams) -> Schedule:
+def timeline(n_rows: int, protocol: TrainParams) -> Timeline:
     b = protocol.batch_size
     steps_per_epoch = math.ceil(n_rows / b)
     rows = np.full(steps_per_epoch, b)
@@ -70,7 +70,7 @@ def schedule(n_rows: int, protocol: TrainParams) -> Schedule:
     seen = np.cumsum(step_rows)
     recorded = seen % protocol.record_every == 0  # the book: `if n % 200 == 0`
     recorded[-1] = True  # always record the end, even when record_every does not divide it
-    return Schedule(steps_per_epoch, step_rows, (np.flatnonzero(recorded) + 1).astype(np.int32), seen[recorded])
+    return Timeline(steps_per_epoch, step_rows, (np.flatnonzero(recorded) + 1).astype(np.int32), seen[recorded])
 
 
 @functools.lru_cache(maxsize=4096)
@@ -118,14 +118,17 @@ def _compiled(optimizer_name: str):
     opt = optimizers.get(optimizer_name)
 
     @tf.function(jit_compile=True, reduce_retracing=True)
-    def run(xs, y, gram, batches, step_rows, record_end, n_records, seed_index, theta0, hyper):
+    def run(xs, y, gram, batches, step_rows, record_end, n_records, seed_index, theta0, hyper, lr_factor,
+            schedule_index):
         # xs (n, P) features with a ones column; gram (P+1, P+1) = [xs, y]^T [xs, y] / n, float64
         # batches (T, S, B) row indices per seed; seed_index (K,); theta0 (S, P); hyper name -> (K, 1)
+        # lr_factor (T, U) each schedule's factor per step; schedule_index (K,) each row's column
         # n_records: a Python int, so the record buffers' shapes are static. XLA needs them at
         # compile time and cannot derive them from record_end's values once T exceeds about a
         # million steps.
         k = tf.shape(seed_index)[0]
         theta = tf.gather(theta0, seed_index)
+        scheduled, step_of, effective_lr = schedules.hooks(opt, hyper, lr_factor, schedule_index)
         lanes = tf.range(tf.shape(batches)[2])
 
         def step(t, theta, state):
@@ -135,8 +138,8 @@ def _compiled(optimizer_name: str):
             mask = tf.cast(lanes < count, tf.float32)
             residual = (tf.reduce_sum(xb * theta[:, None, :], axis=2) - yb) * mask
             grads = tf.reduce_sum(residual[:, :, None] * xb, axis=1) / tf.cast(count, tf.float32)
-            delta, state = opt.update(grads, state, hyper)
-            return t + 1, theta + delta, state
+            delta, state = opt.update(grads, state, scheduled(hyper, t))
+            return t + 1, theta + step_of(delta, t), state
 
         def segment(r, t, theta, state, losses, eff_lr):
             # The steps up to the next record, then the record: loss and effective lr are computed
@@ -148,7 +151,7 @@ def _compiled(optimizer_name: str):
             # Elementwise, not matmul: a dot kernel may sum in a K-dependent order, and one batched
             # call must equal K single calls bit for bit.
             loss = 0.5 * tf.reduce_sum(v[:, :, None] * gram * v[:, None, :], axis=[1, 2])
-            lr_now = tf.broadcast_to(opt.effective_lr(state, hyper), tf.shape(theta))
+            lr_now = tf.broadcast_to(effective_lr(state, t - 1), tf.shape(theta))
             return r + 1, t, theta, state, losses.write(r, loss), eff_lr.write(r, lr_now)
 
         records = (tf.TensorArray(tf.float64, size=n_records), tf.TensorArray(tf.float32, size=n_records))
@@ -167,22 +170,30 @@ def train(
     seeds,
     protocol: TrainParams,
     problem: str = "linreg",
+    schedule="constant",
 ) -> TrainResult:
     """Train K configurations of a registered problem's model: hyper maps each of the optimizer's
-    hyperparameters to K values (or one value for all), seeds gives K seeds (or one). `protocol`
-    is the problem's (problems.protocol)."""
+    hyperparameters, and each study setting of the schedule (schedules.RUN_SETTINGS), to K values
+    (or one value for all), seeds gives K seeds (or one), schedule one name or K. `protocol` is
+    the problem's (problems.protocol)."""
     opt = optimizers.get(optimizer)
-    missing = set(opt.hyperparams) - set(hyper)
+    names = np.broadcast_to(np.asarray(schedule, dtype=object), np.shape(schedule))
+    wanted = set(opt.hyperparams) | {s for n in set(names.flat) for s in schedules.get(n).run_settings}
+    missing = wanted - set(hyper)
     if missing:
         raise ValueError(f"{optimizer} needs hyperparameters {sorted(missing)}")
     seeds = np.atleast_1d(np.asarray(seeds, dtype=np.int64))
     values = {name: np.atleast_1d(np.asarray(hyper[name], dtype=np.float32)) for name in opt.hyperparams}
-    k = max([len(seeds)] + [len(v) for v in values.values()])
+    settings = {name: np.atleast_1d(np.asarray(hyper[name], dtype=np.float64)) for name in wanted - set(opt.hyperparams)}
+    k = max([len(seeds), names.size] + [len(v) for v in (*values.values(), *settings.values())])
     seeds = np.broadcast_to(seeds, (k,))
     values = {name: np.broadcast_to(v, (k,)) for name, v in values.items()}
 
     n_rows, n_features = dataset.features.shape
-    sched = schedule(n_rows, protocol)
+    sched = timeline(n_rows, protocol)
+    lr_factor, schedule_index = schedules.factor_table(
+        np.broadcast_to(names, (k,)), {name: np.broadcast_to(v, (k,)) for name, v in settings.items()},
+        len(sched.step_rows))
     unique_seeds, seed_index = np.unique(seeds, return_inverse=True)
     model = problems.get(problem)
     sizes = problems.layer_sizes(problem, n_features)
@@ -202,7 +213,8 @@ def train(
     batches = np.concatenate([batches, np.repeat(batches[:, :1], sb - batches.shape[1], axis=1)], axis=1)
     loop = (tf.constant(batches), tf.constant(sched.step_rows.astype(np.int32)), tf.constant(sched.record_end),
             len(sched.examples), tf.constant(pad_k(seed_index.astype(np.int32))), tf.constant(theta0),
-            {name: tf.constant(pad_k(v)[:, None]) for name, v in values.items()})
+            {name: tf.constant(pad_k(v)[:, None]) for name, v in values.items()}, tf.constant(lr_factor),
+            tf.constant(pad_k(schedule_index)))
 
     if model.hidden:
         theta, losses, eff_lr = network.compiled(optimizer, sizes, model.activation)(
@@ -226,25 +238,20 @@ def train_groups(dataset: Dataset, optimizer: str, groups: list, protocol: Train
                  problem: str = "linreg") -> list:
     """Several (hyper, seeds) groups in one call, one TrainResult each: the loop compiles once
     for them all instead of once per group shape."""
-    sizes, hypers, seeds = [], [], []
-    names = optimizers.get(optimizer).hyperparams
-    for hyper, group_seeds in groups:
+    sizes, hypers, seeds, names = [], [], [], []
+    for hyper, group_seeds, *schedule in groups:  # (hyper, seeds) or (hyper, seeds, schedule name)
         group_seeds = np.atleast_1d(group_seeds)
-        k = max([len(group_seeds)] + [np.size(hyper[h]) for h in names])
+        k = max([len(group_seeds)] + [np.size(v) for v in hyper.values()])
         sizes.append(k)
-        hypers.append({h: np.broadcast_to(np.asarray(hyper[h], np.float32), (k,)) for h in names})
+        hypers.append({h: np.broadcast_to(np.asarray(v, np.float64), (k,)) for h, v in hyper.items()})
         seeds.append(np.broadcast_to(group_seeds, (k,)))
-    result = train(dataset, optimizer, {h: np.concatenate([g[h] for g in hypers]) for h in names},
-                   np.concatenate(seeds), protocol, problem)
+        names += [schedule[0] if schedule else "constant"] * k
+    # A setting only some groups' schedules read is NaN in the others' rows, which never read it.
+    keys = dict.fromkeys(h for g in hypers for h in g)
+    result = train(dataset, optimizer, {h: np.concatenate([g.get(h, np.full(len(s), np.nan)) for g, s in zip(hypers, seeds)])
+                                        for h in keys}, np.concatenate(seeds), protocol, problem, names)
     ends = np.cumsum(sizes)
     return [result.take(slice(end - k, end)) for k, end in zip(sizes, ends)]
-
-
-def architecture(dataset: Dataset, problem: str) -> dict:
-    """A problem's model as `train --json` prints it."""
-    model = problems.get(problem)
-    return {"layers": list(problems.layer_sizes(problem, dataset.features.shape[1])),
-            "activation": model.activation, "description": model.description}
 
 
 def initial_layers(dataset: Dataset, seed: int, protocol: TrainParams, problem: str) -> list:
@@ -266,10 +273,6 @@ def initial_loss(dataset: Dataset, seeds, protocol: TrainParams, problem: str) -
         theta0 = np.stack([network_stream(int(s), n_rows, sizes, protocol)[0] for s in seeds])
         return network.numpy_loss(dataset.features, dataset.target, theta0, sizes, model.activation)
     return _loss(gram_matrix(dataset), np.stack([seed_stream(int(s), n_rows, n_features, protocol)[0] for s in seeds]))
-
-
-def lr_columns(dataset: Dataset, problem: str) -> tuple:
-    return problems.lr_columns(problem, dataset.features.shape[1])
 
 
 def gram_matrix(dataset: Dataset) -> np.ndarray:

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from pipeline.core import optimizers
+from pipeline.core import optimizers, schedules
 from pipeline.core.tfimport import tf
 
 QUANTILES = (0.1, 0.5, 0.9)  # per layer: the 10-90% band and the median of its coordinates' effective lr
@@ -81,9 +81,11 @@ def compiled(optimizer_name: str, sizes: tuple, activation: str):
         return h, inputs
 
     @tf.function(jit_compile=True, reduce_retracing=True)
-    def run(x, y, batches, step_rows, record_end, n_records, seed_index, theta0, hyper):
+    def run(x, y, batches, step_rows, record_end, n_records, seed_index, theta0, hyper, lr_factor, schedule_index):
         # x (n, F), y (n,); batches (T, S, B); seed_index (K,); theta0 (S, P); hyper name -> (K, 1)
+        # lr_factor (T, U) each schedule's factor per step; schedule_index (K,) each row's column
         theta = tf.gather(theta0, seed_index)
+        scheduled, step_of, effective_lr = schedules.hooks(opt, hyper, lr_factor, schedule_index)
         # Each weight and bias its own tensor with its own optimizer state: the optimizers are
         # elementwise, so this equals one flat vector bit for bit, without a slice and a concat per step.
         params = tuple(theta[:, a:b] for w0, b0, end in layer_slices(sizes) for a, b in ((w0, b0), (b0, end)))
@@ -103,8 +105,9 @@ def compiled(optimizer_name: str, sizes: tuple, activation: str):
                 if i > 0:  # inputs[i] is the previous layer's activation
                     w = tf.reshape(params[2 * i], (-1, *shapes[i]))
                     dz = tf.matmul(dz, w, transpose_b=True) * derivative(inputs[i])
-            updated = [opt.update(g, state, hyper) for g, state in zip(grads, states)]
-            return t + 1, tuple(p + d for p, (d, _) in zip(params, updated)), tuple(s for _, s in updated)
+            hyper_t = scheduled(hyper, t)
+            updated = [opt.update(g, state, hyper_t) for g, state in zip(grads, states)]
+            return t + 1, tuple(p + step_of(d, t) for p, (d, _) in zip(params, updated)), tuple(s for _, s in updated)
 
         def segment(r, t, params, states, losses, eff_lr):
             t, params, states = tf.while_loop(lambda t, *_: t < record_end[r], step, (t, params, states))
@@ -112,8 +115,8 @@ def compiled(optimizer_name: str, sizes: tuple, activation: str):
             loss = 0.5 * tf.reduce_mean(tf.square(tf.cast(h[..., 0], tf.float64) - y64), axis=1)
             bands = []
             for i in range(len(shapes)):
-                lr_now = tf.concat([tf.broadcast_to(opt.effective_lr(states[j], hyper), tf.shape(params[j]))
-                                    for j in (2 * i, 2 * i + 1)], axis=1)
+                lr_now = tf.concat([tf.broadcast_to(effective_lr(states[j], t - 1),
+                                                    tf.shape(params[j])) for j in (2 * i, 2 * i + 1)], axis=1)
                 ordered = tf.sort(lr_now, axis=1)
                 bands += [_quantiles(ordered, q) for q in QUANTILES]
             return r + 1, t, params, states, losses.write(r, loss), eff_lr.write(r, tf.stack(bands, axis=1))

@@ -59,3 +59,9 @@ def lr_columns(name: str, n_features: int) -> tuple:
     if not get(name).hidden:
         return (*(f"w{i + 1}" for i in range(n_features)), "b")
     return tuple(f"layer{i + 1} {q}" for i in range(len(get(name).hidden) + 1) for q in ("p10", "median", "p90"))
+
+
+def architecture(name: str, n_features: int) -> dict:
+    """A problem's model as `train --json` prints it."""
+    return {"layers": list(layer_sizes(name, n_features)), "activation": get(name).activation,
+            "description": get(name).description}

@@ -16,13 +16,19 @@ training loop can call it as it is. Formulas and names are the book's classes':
 FactorScheduler is stateful in the book: each call multiplies first and then returns, so its
 first value is already base_lr * factor; `lr` keeps that.
 
-The registry is the one place that knows a schedule: the settings it reads and the book's demo
-(the values its figure plots).
+The registry is the one place that knows a schedule: the settings it reads, the book's demo (the
+values its figure plots) and how a study sets it. In a study a schedule's settings are fractions of
+the run (RUN_SETTINGS: the final rate as a fraction of the initial, the warmup as a fraction of the
+steps), so one setting carries across problems and budgets; `in_run` turns them into the book's.
+The engine multiplies each step by `run_factors`, the schedule at base rate 1.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple
+
+import numpy as np
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.pieces import tf
@@ -82,29 +88,61 @@ def _warmup_linear(t, base, s):
     return tf.where(t < warmup, _warmup(t, base, s), decay)
 
 
+class RunSetting(NamedTuple):
+    """A schedule's setting in a study, as a fraction of the run; searched like a hyperparameter."""
+
+    name: str
+    description: str
+    search: tuple  # default search range (low, high, scale); params.yaml's study.search_space overrides
+
+
+RUN_SETTINGS = {s.name: s for s in (
+    RunSetting("final", "the rate at the end of the run, as a fraction of the initial rate", (1e-3, 1.0, "log")),
+    RunSetting("warmup", "the fraction of the run spent warming up linearly from 0", (0.01, 0.3, "linear")),
+    RunSetting("drop", "the multiplier at each decay point (multifactor)", (0.01, 1.0, "log")),
+)}
+DROP_AT = (0.5, 0.75)  # multifactor's decay points in a study, as fractions of the run
+
+
+def _ends_at(final, steps):
+    return {"final_lr": final, "max_update": steps}
+
+
+def _warms(final, warmup, steps):
+    return {**_ends_at(final, steps), "warmup_steps": round(warmup * steps), "warmup_begin_lr": 0.0}
+
+
 class Schedule(NamedTuple):
     name: str
     label: str
     settings: tuple  # the names (SETTINGS) lr reads
     lr: Callable  # (t, base_lr, settings) -> the rate of update t
     book: dict  # the book's demo: base_lr, steps (the figure's length) and each setting
+    run_settings: tuple = ()  # the names (RUN_SETTINGS) a study searches
+    in_run: Callable = lambda steps: {}  # (steps, **run settings) -> the book's settings at base rate 1
 
 
 SCHEDULES = {s.name: s for s in (
     Schedule("constant", "constant", (), _constant, {"base_lr": 0.1, "steps": 30}),
     Schedule("sqrt", "square root", (), _sqrt, {"base_lr": 1.0, "steps": 30}),
+    # In a study: a constant factor per update that reaches `final` at the run's end (and stops there).
     Schedule("factor", "factor", ("factor", "stop_lr"), _factor,
-             {"base_lr": 2.0, "steps": 50, "factor": 0.9, "stop_lr": 1e-2}),
+             {"base_lr": 2.0, "steps": 50, "factor": 0.9, "stop_lr": 1e-2},
+             ("final",), lambda steps, final: {"factor": final ** (1.0 / steps), "stop_lr": final}),
     Schedule("multifactor", "multi-factor", ("factor", "steps_at"), _multifactor,
-             {"base_lr": 0.5, "steps": 30, "factor": 0.5, "steps_at": (15, 30)}),
+             {"base_lr": 0.5, "steps": 30, "factor": 0.5, "steps_at": (15, 30)},
+             ("drop",), lambda steps, drop: {"factor": drop, "steps_at": tuple(round(f * steps) for f in DROP_AT)}),
     Schedule("cosine", "cosine", ("final_lr", "max_update"), _cosine,
-             {"base_lr": 0.5, "steps": 30, "final_lr": 0.01, "max_update": 20}),
+             {"base_lr": 0.5, "steps": 30, "final_lr": 0.01, "max_update": 20},
+             ("final",), lambda steps, final: _ends_at(final, steps)),
     Schedule("warmup_cosine", "cosine with warmup", ("final_lr", "max_update", "warmup_steps", "warmup_begin_lr"),
              _cosine, {"base_lr": 0.5, "steps": 30, "final_lr": 0.01, "max_update": 20, "warmup_steps": 5,
-                       "warmup_begin_lr": 0.0}),
+                       "warmup_begin_lr": 0.0},
+             ("final", "warmup"), lambda steps, final, warmup: _warms(final, warmup, steps)),
     Schedule("warmup_linear", "linear warmup and decay", ("final_lr", "max_update", "warmup_steps", "warmup_begin_lr"),
              _warmup_linear, {"base_lr": 0.5, "steps": 30, "final_lr": 0.01, "max_update": 20, "warmup_steps": 5,
-                              "warmup_begin_lr": 0.0}),
+                              "warmup_begin_lr": 0.0},
+             ("final", "warmup"), lambda steps, final, warmup: _warms(final, warmup, steps)),
 )}
 
 
@@ -135,3 +173,39 @@ def values(name: str, steps: int, base_lr: float, settings: dict):
     check(schedule, base_lr, settings)
     t = tf.range(steps, dtype=tf.float64)
     return schedule.lr(t, tf.constant(base_lr, tf.float64), settings).numpy()
+
+
+@functools.lru_cache(maxsize=1024)
+def run_factors(name: str, run_settings: tuple, steps: int) -> np.ndarray:
+    """(steps,) float32: the factor each update's learning rate is multiplied by, the schedule at
+    base rate 1 with a study's settings ((name, fraction) pairs). Computed once per schedule and
+    setting in float64 by the same function the `schedule` command prints; the compiled loop reads
+    row t. A constant schedule is exactly 1.0, so it changes no bit of a run."""
+    schedule = get(name)
+    absolute = schedule.in_run(steps, **dict(run_settings))
+    check(schedule, 1.0, absolute)
+    t = tf.range(steps, dtype=tf.float64)
+    return schedule.lr(t, tf.constant(1.0, tf.float64), absolute).numpy().astype(np.float32)
+
+
+def factor_table(names, settings: dict, steps: int) -> tuple:
+    """((steps, U) float32 factors, (K,) int32 column of each row) for K rows with their schedule
+    names and settings (RUN_SETTINGS name -> K values; a row reads only its schedule's)."""
+    keys = [(name, tuple((s, float(settings[s][i])) for s in get(name).run_settings)) for i, name in enumerate(names)]
+    unique = list(dict.fromkeys(keys))
+    table = np.stack([run_factors(name, key, steps) for name, key in unique], axis=1)
+    column = {key: i for i, key in enumerate(unique)}
+    return table, np.array([column[key] for key in keys], dtype=np.int32)
+
+
+def hooks(opt, hyper, lr_factor, schedule_index):
+    """How a step's schedule factor enters a compiled loop: the optimizer's lr times the factor
+    (a constant schedule's 1.0 then changes no bit), or, for Adadelta, which has no lr, its step
+    times the factor; the effective lr includes it either way."""
+    def factor(t):  # (K, 1): step t's factor per row
+        return tf.gather(lr_factor[t], schedule_index)[:, None]
+
+    if "lr" in opt.hyperparams:
+        scheduled = lambda h, t: {**h, "lr": h["lr"] * factor(t)}  # noqa: E731
+        return scheduled, lambda delta, t: delta, lambda state, t: opt.effective_lr(state, scheduled(hyper, t))
+    return (lambda h, t: h), lambda delta, t: delta * factor(t), lambda state, t: opt.effective_lr(state, hyper) * factor(t)

@@ -97,7 +97,7 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
                                         params.problem).mean())
     goal = target(problem, floor, ev.floor_tolerance, {o: r["tuned"].scored() for o, r in runs.items()})
     summary, scores, convergence, eff_mean, start_losses = {}, {}, {}, {}, []
-    columns = engine.lr_columns(dataset, params.problem)
+    columns = problems.lr_columns(params.problem, dataset.features.shape[1])
     for name in params.study.optimizers:
         opt, (best, trials) = optimizers.get(name), studies[name]
         scores[name] = {family: r.scored() for family, r in runs[name].items()}
@@ -165,7 +165,7 @@ _NO_DENSE = {"best_known": None, "grid_points": None, "grid_optimum": None, "gri
 def _protocol(params: Params, n_rows: int) -> dict:
     t = params.train
     return {"batch_size": t.batch_size, "epochs": t.epochs, "record_every": t.record_every,
-            "steps": len(engine.schedule(n_rows, t).step_rows)}
+            "steps": len(engine.timeline(n_rows, t).step_rows)}
 
 
 def _dense_analyses(dataset, name, best, tuned, trial_values, dense, penalty, floor, params, rows, tracker) -> dict:

@@ -1,0 +1,108 @@
+"""Schedules inside the engine's compiled loop: every optimizer's trajectory under a schedule against
+an independent float64 computation (the book's formulas, the book's stateful schedule classes),
+batched rows with different schedules against single calls, and a constant schedule changing nothing."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from pipeline.core import engine, network, optimizers, problems, schedules
+from test_network import numpy_loss, numpy_network
+from test_optimizers import ALL, numpy_step
+from test_schedules import CosineScheduler, MultiFactorScheduler
+
+SETTINGS = {"warmup_cosine": {"final": 0.05, "warmup": 0.2}, "multifactor": {"drop": 0.3}}
+
+
+def book_factors(name: str, steps: int) -> np.ndarray:
+    """The factor of each update at base rate 1, from the book's classes called in order, with a
+    study's fractions turned into steps by hand: cosine to the run's end, drops at half and three quarters."""
+    s = SETTINGS[name]
+    if name == "warmup_cosine":
+        book = CosineScheduler(steps, base_lr=1.0, final_lr=s["final"], warmup_steps=round(s["warmup"] * steps))
+    else:
+        book = MultiFactorScheduler([round(0.5 * steps), round(0.75 * steps)], factor=s["drop"], base_lr=1.0)
+    return np.array([book(t) for t in range(steps)])
+
+
+def scheduled_step(name, theta, g, state, hyper, t, factor):
+    """One step of the float64 formulas with the schedule: lr times the factor, or Adadelta's step
+    times it (its averages see the unscaled step, as Keras's learning rate does)."""
+    if "lr" in hyper:
+        return numpy_step(name, theta, g, state, {**hyper, "lr": hyper["lr"] * factor}, t)
+    new, eff = numpy_step(name, theta, g, state, hyper, t)
+    return theta + factor * (new - theta), eff * factor
+
+
+@pytest.mark.parametrize("schedule", sorted(SETTINGS))
+@pytest.mark.parametrize("name", ALL)
+def test_linear_model_under_a_schedule_follows_float64(name, schedule, dataset, params):
+    """40 steps of batch 10 on 200 real rows, loss and effective lr after every step."""
+    protocol = dataclasses.replace(params.train, epochs=2, record_every=10)
+    small = dataset._replace(features=dataset.features[:200], target=dataset.target[:200])
+    hyper = optimizers.get(name).book
+    ours = engine.train(small, name, {**hyper, **SETTINGS[schedule]}, [3], protocol, schedule=schedule)
+    theta0, batches = engine.seed_stream(3, 200, 5, protocol)
+    X = np.concatenate([small.features, np.ones((200, 1))], axis=1).astype(np.float64)
+    y = small.target.astype(np.float64)
+    factors = book_factors(schedule, 40)
+    assert factors.min() < 0.35 * factors.max()  # the schedule really moves the rate within the run
+    theta, state, losses, effs = theta0.astype(np.float64), {}, [], []
+    for t, rows in enumerate(batches.reshape(-1, 10), start=1):
+        g = X[rows].T @ (X[rows] @ theta - y[rows]) / len(rows)
+        theta, eff = scheduled_step(name, theta, g, state, hyper, t, factors[t - 1])
+        losses.append(np.mean((X @ theta - y) ** 2) / 2)
+        effs.append(np.broadcast_to(eff, theta.shape))
+    np.testing.assert_allclose(ours.losses[0], losses, rtol=1e-5)
+    np.testing.assert_allclose(ours.effective_lr[0], np.array(effs), rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adadelta", "adam"])
+def test_network_under_warmup_cosine_follows_float64(name, dataset, params):
+    """100 minibatch steps of the tanh network with cosine decay after a warmup."""
+    rows, batch, sizes = 200, 10, (5, 64, 64, 1)
+    protocol = dataclasses.replace(params.train, batch_size=batch, epochs=5, record_every=batch)
+    small = dataset._replace(features=dataset.features[:rows], target=dataset.target[:rows])
+    hyper = {h: v / 5 if h == "lr" else v for h, v in optimizers.get(name).book.items()}
+    ours = engine.train(small, name, {**hyper, **SETTINGS["warmup_cosine"]}, [7], protocol, "mlp", "warmup_cosine")
+    theta = network.initial_params(7, sizes).astype(np.float64)
+    X, y = small.features.astype(np.float64), small.target.astype(np.float64)
+    factors, state, losses = book_factors("warmup_cosine", 100), {}, []
+    for t, rows_t in enumerate(engine.batch_order(7, rows, protocol).reshape(-1, batch), start=1):
+        theta, _ = scheduled_step(name, theta, numpy_network(theta, X, y, rows_t), state, hyper, t, factors[t - 1])
+        losses.append(numpy_loss(theta, X, y))
+    np.testing.assert_allclose(ours.losses[0], losses, rtol=1e-5)
+
+
+@pytest.mark.parametrize("problem", ["linreg", "mlp"])
+@pytest.mark.parametrize("name", ["sgd", "adadelta", "adam"])
+def test_rows_with_different_schedules_equal_single_calls(name, problem, dataset, params):
+    """Constant, cosine, warmup_cosine and multifactor rows (two sharing a seed) in one call equal
+    four calls, bit for bit; a setting a row's schedule does not read (NaN here) changes nothing."""
+    protocol = dataclasses.replace(problems.protocol(problem, params.train), epochs=2)
+    names = ["constant", "cosine", "warmup_cosine", "multifactor"]
+    settings = {"final": np.array([np.nan, 0.01, 0.1, np.nan]), "warmup": np.array([np.nan, np.nan, 0.1, np.nan]),
+                "drop": np.array([np.nan, np.nan, np.nan, 0.5])}
+    hyper, seeds = optimizers.get(name).book, np.array([0, 4, 4, 5])
+    batched = engine.train(dataset, name, {**hyper, **settings}, seeds, protocol, problem, names)
+    for i, schedule in enumerate(names):
+        own = {s: v[i] for s, v in settings.items() if s in schedules.get(schedule).run_settings}
+        single = engine.train(dataset, name, {**hyper, **own}, [seeds[i]], protocol, problem, schedule)
+        np.testing.assert_array_equal(batched.losses[i], single.losses[0])
+        np.testing.assert_array_equal(batched.params[i], single.params[0])
+        np.testing.assert_array_equal(batched.effective_lr[i], single.effective_lr[0])
+    assert not np.array_equal(batched.losses[1], batched.losses[2])  # the schedules did differ
+
+
+def test_a_constant_schedule_is_the_unscheduled_run(dataset, params):
+    """`constant` multiplies lr by exactly 1: the same bits as a run without a schedule argument."""
+    default = engine.train(dataset, "rmsprop", {"lr": [0.01, 0.02], "gamma": 0.9}, [0, 1], params.train)
+    constant = engine.train(dataset, "rmsprop", {"lr": [0.01, 0.02], "gamma": 0.9}, [0, 1], params.train,
+                            schedule=["constant", "constant"])
+    np.testing.assert_array_equal(default.losses, constant.losses)
+    assert (schedules.run_factors("constant", (), 300) == 1.0).all()
+
+
+def test_a_schedule_without_its_setting_is_refused(dataset, params):
+    with pytest.raises(ValueError, match=r"needs hyperparameters \['final'\]"):
+        engine.train(dataset, "sgd", {"lr": 0.05}, [0], params.train, schedule="cosine")
