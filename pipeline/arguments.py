@@ -40,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(description: str) -> argparse.ArgumentParser:
     from pipeline.core.optimizers import HYPERPARAMETERS, OPTIMIZERS
     from pipeline.core.problems import PROBLEMS
-    from pipeline.core.schedules import SCHEDULES, SETTINGS
+    from pipeline.core.schedules import RUN_SETTINGS, SCHEDULES, SETTINGS
 
     parser = _Parser(prog="python -m pipeline", description=description)
     parser.add_argument("--params", default=str(config.PARAMS_FILE), help="params file (default: %(default)s)")
@@ -64,6 +64,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     def problem_flag(p):
         p.add_argument("--problem", choices=sorted(PROBLEMS), default="linreg",
                        help="the model and its protocol, from pipeline/core/problems.py (default: %(default)s)")
+        p.add_argument("--schedule", choices=list(SCHEDULES), default="constant",
+                       help="the learning-rate schedule, from pipeline/core/schedules.py (default: %(default)s)")
 
     p = sub.add_parser("train", help="train one configuration and print its final loss",
                        description="Train a problem's model (the book's linear regression by default) once on the "
@@ -74,12 +76,15 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, help="default: train.batch_size")
     p.add_argument("--epochs", type=_positive_int, help="default: train.epochs")
     p.add_argument("--init", choices=["normal", "zeros"], help="default: train.init")
+    for setting in RUN_SETTINGS.values():  # the schedule's settings as a study searches them
+        p.add_argument("--" + setting.name, type=_unit_interval, help=f"{setting.description}, for a schedule "
+                       f"that reads it (default: {setting.default:g})")
     p.add_argument("--json", action="store_true",
                    help="print losses, examples, effective lr, the architecture and the initial parameters as JSON")
 
     p = sub.add_parser("study", help="run (or resume) the Optuna study of one problem and optimizer",
                        description="Search the optimizer's hyperparameters with a seeded TPE study "
-                       "(study.* in params.yaml), log every trial to MLflow, write studies/<problem>/<optimizer>/.")
+                       "(study.* in params.yaml), log every trial to MLflow, write studies/<problem>/<optimizer>/<schedule>/.")
     p.add_argument("optimizer", choices=sorted(OPTIMIZERS))
     problem_flag(p)
     p.add_argument("--storage", help="Optuna storage URL (default: OPTUNA_STORAGE, else study.storage); "

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 
 from pipeline import arguments
-from pipeline.core import config, data, paths
+from pipeline.core import config, data, masking, paths
 from pipeline.core.errors import PipelineError
 
 
@@ -46,6 +46,18 @@ def _hyper(args, defaults: dict, registry_setting: str) -> dict:
     return {h: setting[h] if getattr(args, h) is None else getattr(args, h) for h in opt.hyperparams}
 
 
+def _schedule_settings(args) -> dict:
+    """The schedule's settings (fractions of the run) from the flags, else the registry's defaults."""
+    from pipeline.core import schedules
+
+    reads = schedules.get(args.schedule).run_settings
+    foreign = [s for s in schedules.RUN_SETTINGS if getattr(args, s) is not None and s not in reads]
+    if foreign:
+        raise PipelineError(f"--{foreign[0]} does not apply to the {args.schedule} schedule: "
+                            f"{'it reads ' + ', '.join('--' + s for s in reads) if reads else 'it has no settings'}")
+    return {s: schedules.RUN_SETTINGS[s].default if getattr(args, s) is None else getattr(args, s) for s in reads}
+
+
 def cmd_train(args, params: config.Params) -> None:
     import dataclasses
 
@@ -54,8 +66,10 @@ def cmd_train(args, params: config.Params) -> None:
     protocol = config.validated(dataclasses.replace, config.for_problem(params, args.problem).train, **{
         k: v for k, v in (("batch_size", args.batch_size), ("epochs", args.epochs), ("init", args.init)) if v is not None})
     hyper = _hyper(args, params.book, "book")
+    settings = _schedule_settings(args)
     dataset = data.load_prepared()
-    result = engine.train(dataset, args.optimizer, hyper, [args.seed], protocol, args.problem)
+    result = engine.train(dataset, args.optimizer, {**hyper, **settings}, [args.seed], protocol, args.problem,
+                          args.schedule)
     diverged = bool(result.diverged[0])
     if args.json:
         print(json.dumps({
@@ -65,6 +79,8 @@ def cmd_train(args, params: config.Params) -> None:
             "protocol": dataclasses.asdict(protocol),
             "optimizer": args.optimizer,
             "hyperparameters": hyper,
+            "schedule": args.schedule,
+            "schedule_settings": settings,
             "seed": args.seed,
             "diverged": diverged,
             "final_loss": None if diverged else float(result.final_loss[0]),
@@ -138,7 +154,7 @@ def cmd_study(args, params: config.Params) -> None:
     # A helper (--worker) never starts helpers of its own, whatever study.workers says.
     workers = 1 if args.worker else (args.workers or params.study.workers)
     progress = sys.stderr.isatty() and not os.environ.get("CI") and not args.worker
-    params = config.for_problem(params, args.problem)
+    params = config.for_problem(params, args.problem, args.schedule)
     result, outcome, timings = study.run(args.optimizer, params, storage_url, _tracking_uri(), workers, args.worker,
                                          args.params, progress, _source_tags(params))
     if outcome is None:
@@ -187,7 +203,7 @@ def cmd_ui(args, params: config.Params) -> None:
         raise PipelineError(f"no MLflow store at {local}: run `dvc repro` first (or set MLFLOW_TRACKING_URI)")
     found = MlflowClient(uri).get_experiment_by_name(params.mlflow.experiment)
     if found is None:
-        raise PipelineError(f"no MLflow experiment {params.mlflow.experiment!r} in {config.mask_url(uri)}: "
+        raise PipelineError(f"no MLflow experiment {params.mlflow.experiment!r} in {masking.mask_url(uri)}: "
                             f"run `dvc repro` first")
     print(f"open http://{args.host}:{args.port}/#/experiments/{found.experiment_id}?workflowType=machine_learning",
           flush=True)

@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from pipeline.core import config
+from pipeline.core import config, masking
 from conftest import ROOT, assert_one_line_error, cli
 
 
@@ -69,13 +69,13 @@ def test_left_out_settings_and_ranges_come_from_the_registry():
 
 
 def test_passwords_are_masked_in_urls():
-    assert config.mask_url("postgresql://bob:pa55@db:5432/optuna") == "postgresql://bob:***@db:5432/optuna"
-    assert config.mask_url("sqlite:///studies.db") == "sqlite:///studies.db"
+    assert masking.mask_url("postgresql://bob:pa55@db:5432/optuna") == "postgresql://bob:***@db:5432/optuna"
+    assert masking.mask_url("sqlite:///studies.db") == "sqlite:///studies.db"
     for url in ("postgresql://bob@db/optuna?password=s3cretPW", "postgresql://bob:s3c@retPW@db/optuna",
                 "mysql+pymysql://bob@db/optuna?charset=utf8&passwd=s3cretPW",
                 "postgresql:///optuna?host=db&user=bob&password=s3cretPW",
                 "connection to server failed: host=db user=bob password=s3cretPW dbname=optuna"):
-        masked = config.mask_url(url)
+        masked = masking.mask_url(url)
         assert "s3cret" not in masked and "retPW" not in masked and "***" in masked, masked
 
 

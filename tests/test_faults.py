@@ -117,7 +117,7 @@ def test_a_full_disk_stops_the_study_in_one_line_and_the_rerun_does_only_the_mis
     result = cli("study", "sgd", cwd=root, CI="true")
     assert_stops_with(result, "ENOSPC", str((root / JOURNAL).resolve()), "free space and rerun")
     assert every_line_parses(root / JOURNAL)  # no half-written record
-    assert not (root / "studies/linreg/sgd/trials.csv").exists()
+    assert not (root / "studies/linreg/sgd/constant/trials.csv").exists()
     before = counted(root, "sgd")
     assert 0 < len(before) < 60
 
@@ -127,14 +127,14 @@ def test_a_full_disk_stops_the_study_in_one_line_and_the_rerun_does_only_the_mis
     assert f"{len(before)} of 60 trials already done" in rerun.stderr
     after = counted(root, "sgd")
     assert len(after) == 60 and all(after[n] == v for n, v in before.items())  # nothing lost or redone
-    assert len(read_csv(root / "studies/linreg/sgd/trials.csv")) == 60
+    assert len(read_csv(root / "studies/linreg/sgd/constant/trials.csv")) == 60
 
 
 def test_an_output_that_cannot_be_written_leaves_the_old_file_and_says_why(raw_file, tmp_path):
     """The outputs are atomic: a full disk while writing trials.csv keeps the previous one whole."""
     root = make_project(tmp_path, raw_file, n_trials=3)
     assert cli("study", "sgd", cwd=root, CI="true").returncode == 0
-    out_dir = root / "studies/linreg/sgd"
+    out_dir = root / "studies/linreg/sgd/constant"
     before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
     moved = tmp_path / "outputs"
     out_dir.rename(moved)
@@ -146,7 +146,7 @@ def test_an_output_that_cannot_be_written_leaves_the_old_file_and_says_why(raw_f
         subprocess.run(["dd", "if=/dev/zero", f"of={out_dir / '.filler'}", "bs=4k"], capture_output=True)  # disk full
         set_trials(root, 40)
         result = cli("study", "sgd", cwd=root, CI="true")
-        assert_stops_with(result, "ENOSPC", "studies/linreg/sgd/", "is unchanged")
+        assert_stops_with(result, "ENOSPC", "studies/linreg/sgd/constant/", "is unchanged")
         after = {p.name: p.read_bytes() for p in out_dir.iterdir() if p.name != ".filler"}
         assert after == before  # the old outputs whole, and no temporary file left
         assert len(counted(root, "sgd")) == 40  # the trials themselves are kept in the journal
@@ -315,7 +315,7 @@ def test_workers_wait_out_a_database_restart_and_end_with_exactly_their_budget(o
     counted = _counted_on(root, url)
     numbers = [t.number for t in counted]
     assert len(numbers) == len(set(numbers)) >= 40  # none counted twice
-    rows = read_csv(root / "studies/linreg/sgd/trials.csv")
+    rows = read_csv(root / "studies/linreg/sgd/constant/trials.csv")
     assert [int(r["number"]) for r in rows] == sorted(numbers)[:40]  # exactly the budget in the outputs
     s = _study_on(root, url)
     assert not [t for t in s.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
@@ -372,7 +372,7 @@ def test_a_lost_tracking_server_does_not_stop_the_study_and_the_rerun_logs_each_
     assert len(waiting) == 1 and "rerun `python -m pipeline study sgd --problem linreg`" in waiting[0], log[-3000:]
     assert "Traceback" not in log
     counted = _counted_on(root, journal())
-    assert len(counted) == 40 and len(read_csv(root / "studies/linreg/sgd/trials.csv")) == 40  # Optuna kept every trial
+    assert len(counted) == 40 and len(read_csv(root / "studies/linreg/sgd/constant/trials.csv")) == 40  # Optuna kept every trial
 
     server = MlflowServer(backend, tmp_path / "artifacts", port=server.port)  # back, at the same address
     try:
@@ -430,7 +430,7 @@ def test_a_full_disk_under_the_mlflow_store_leaves_the_study_running_and_the_rer
         assert first.returncode == 0 and "Traceback" not in first.stderr, first.stderr[-3000:]
         waiting = [line for line in first.stderr.splitlines() if "waiting for MLflow" in line]
         assert len(waiting) == 1 and "full" in first.stderr, first.stderr[-3000:]
-        assert len(counted(root, "sgd")) == 300 and len(read_csv(root / "studies/linreg/sgd/trials.csv")) == 300
+        assert len(counted(root, "sgd")) == 300 and len(read_csv(root / "studies/linreg/sgd/constant/trials.csv")) == 300
 
         subprocess.run(["mount", "-o", "remount,size=64m", str(store)], check=True)  # space freed
         rerun = cli("study", "sgd", cwd=root, CI="true", MLFLOW_TRACKING_URI=uri)

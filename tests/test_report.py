@@ -124,7 +124,7 @@ def test_dvc_repro_runs_every_stage_then_reruns_only_what_changed(project_copy):
     client = MlflowClient(f"sqlite:///{project_copy}/mlflow.db")
     exp = client.get_experiment_by_name("airfoil-optimizers").experiment_id
     for problem, name in itertools.product(("linreg", "mlp"), ("sgd", "adagrad", "rmsprop")):
-        assert len(list(csv.DictReader(open(project_copy / f"studies/{problem}/{name}/trials.csv")))) == 6
+        assert len(list(csv.DictReader(open(project_copy / f"studies/{problem}/{name}/constant/trials.csv")))) == 6
         journal = storage.open_storage("journal", config.load_params(project_copy / "params.yaml").study,
                                        project_copy / "studies")
         [summary] = [s for s in optuna.get_all_study_summaries(journal)
@@ -172,7 +172,7 @@ def test_dvc_repro_runs_every_stage_then_reruns_only_what_changed(project_copy):
                 "-S", "study.problems=[mlp]")
     assert third.returncode == 0, third.stderr[-3000:]
     ran = [line for line in third.stdout.splitlines() if line.startswith("Running stage")]
-    assert ran == ["Running stage 'study@mlp-adam':", "Running stage 'evaluate':", "Running stage 'report':"], ran
+    assert ran == ["Running stage 'study@mlp-adam-constant':", "Running stage 'evaluate':", "Running stage 'report':"], ran
     summary = json.loads((project_copy / "reports/summary.json").read_text())
     assert list(summary["problems"]) == ["mlp"] and list(summary["problems"]["mlp"]["optimizers"]) == \
         ["sgd", "adagrad", "rmsprop", "adam"]

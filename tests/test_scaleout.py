@@ -176,9 +176,9 @@ def test_workers_share_one_study_on_postgres_and_a_tracking_server(postgres, mlf
         assert len(counted) >= n and len(set(numbers)) == len(numbers)
         by_worker = Counter(t.user_attrs["worker"] for t in counted)
         assert 2 <= len(by_worker) <= n_workers, by_worker
-        rows = read_csv(root / f"studies/{problem}/{optimizer}/trials.csv")
+        rows = read_csv(root / f"studies/{problem}/{optimizer}/constant/trials.csv")
         assert [int(r["number"]) for r in rows] == numbers[:n]  # the first n_trials by number
-        metrics = json.loads((root / f"studies/{problem}/{optimizer}/metrics.json").read_text())
+        metrics = json.loads((root / f"studies/{problem}/{optimizer}/constant/metrics.json").read_text())
         assert metrics["trials"] == n and metrics["extra_trials"] == len(counted) - n
         parent, _ = check_mirrored(runs, s)
         assert parent.info.status == "FINISHED"

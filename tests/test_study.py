@@ -168,7 +168,7 @@ def test_killed_study_resumes_without_losing_or_repeating_trials(project_copy):
     proc.wait()
     before = {t.number: t.value for t in _counted(root, "rmsprop")}
     assert len(before) >= 20
-    assert not (root / "studies/linreg/rmsprop/trials.csv").exists()  # no half-written outputs
+    assert not (root / "studies/linreg/rmsprop/constant/trials.csv").exists()  # no half-written outputs
 
     target = len(before) + 30
     _set_trials(root, target)
@@ -179,7 +179,7 @@ def test_killed_study_resumes_without_losing_or_repeating_trials(project_copy):
     numbers = [t.number for t in after]
     assert len(after) == target and len(set(numbers)) == target
     assert all(t.value == before[t.number] for t in after if t.number in before)  # nothing lost or redone
-    rows = read_csv(root / "studies/linreg/rmsprop/trials.csv")
+    rows = read_csv(root / "studies/linreg/rmsprop/constant/trials.csv")
     assert len(rows) == target and sorted(int(r["number"]) for r in rows) == sorted(numbers)
 
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.core import config, data, optimizers, pieces, problems, tracking
+from pipeline.core import config, data, optimizers, paths, pieces, problems, tracking
 from pipeline.stages import evaluate, prepare, report
 from pipeline.stages import study as study_stage
 from pipeline.stages.evaluate import landscape
@@ -49,6 +49,13 @@ SCENARIOS = {
                                    "beta": {"low": 0.1, "high": 0.9, "scale": "log"},
                                    "beta1": {"low": 0.4, "high": 0.95, "scale": "linear"},
                                    "beta2": {"low": 0.9, "high": 0.99999, "scale": "log"}}},
+    },
+    # Chapter 11.11: two schedules beside constant, one setting fixed, the others searched over new ranges.
+    "schedules": {
+        "study": {"optimizers": ["sgd", "adadelta"], "schedules": ["constant", "warmup_cosine", "multifactor"],
+                  "search_space": {"final": {"low": 0.005, "high": 0.5, "scale": "linear"},
+                                   "warmup": {"low": 0.1, "high": 0.1, "scale": "log"},
+                                   "drop": {"low": 0.05, "high": 0.5, "scale": "linear"}}},
     },
     # The evaluation's knobs, and book settings that diverge on every seed.
     "evaluation and divergence": {
@@ -99,13 +106,14 @@ def run_pipeline(params: config.Params, dataset: data.Dataset, root) -> tuple:
     """study -> evaluate -> report as `python -m pipeline <stage>` runs them, outputs under root."""
     with tracking.Tracker(f"sqlite:///{root}/mlflow.db", params.mlflow.experiment) as tracker:
         for p in params.study.problems:
-            problem_params = config.for_problem(params, p)
             for o in params.study.optimizers:
-                store = storage.open_storage(params.study.storage, params.study, root / "studies")
-                result, sink, timings = study_stage.run_with(tracker, o, problem_params, dataset, store, {})
-                outcome = study_outputs.write_outputs(result, o, problem_params, study_outputs.study_dir(p, o, root / "studies"),
-                                                      timings)
-                study_outputs.log_study_summary(tracker, sink.parent_id, result, o, outcome, problem_params)
+                for schedule in params.study.schedules:
+                    problem_params = config.for_problem(params, p, schedule)
+                    store = storage.open_storage(params.study.storage, params.study, root / "studies")
+                    result, sink, timings = study_stage.run_with(tracker, o, problem_params, dataset, store, {})
+                    outcome = study_outputs.write_outputs(result, o, problem_params,
+                                                          paths.study_dir(p, o, schedule, root / "studies"), timings)
+                    study_outputs.log_study_summary(tracker, sink.parent_id, result, o, outcome, problem_params)
     summary = evaluate.evaluate(dataset, params, root / "studies", root / "reports/evaluation",
                                 root / "reports/summary.json")
     inputs = report.Report(params, root / "reports/evaluation", root / "reports/summary.json", root / "studies",
@@ -124,9 +132,9 @@ def check_complete_and_finite(params: config.Params, root, captions: dict) -> di
         assert list(summary["optimizers"]) == params.study.optimizers
         for o in params.study.optimizers:
             names = optimizers.get(o).hyperparams
-            rows = read_csv(root / f"studies/{p}/{o}/trials.csv")
+            rows = read_csv(root / f"studies/{p}/{o}/constant/trials.csv")
             assert len(rows) == params.study.n_trials and all(rows[0][h] for h in names)
-            best = json.loads((root / f"studies/{p}/{o}/best.json").read_text())
+            best = json.loads((root / f"studies/{p}/{o}/constant/best.json").read_text())
             assert set(best["hyperparams"]) == set(names) and np.isfinite(best["value"]) and best["problem"] == p
             s = summary["optimizers"][o]
             assert s["regret"] >= 0 and s["effective_lr_ratio"] and len(s["tuned_examples_reached"]) == params.evaluate.seeds
@@ -178,10 +186,39 @@ def test_scenario_runs_through_every_stage(scenario, raw_file, tmp_path):
         assert t["seeds"] == 3 and t["estimate"] < 0  # every seed still counts, as the bad run it was
         assert "(all 3 seeds diverged)" in (tmp_path / "reports/report.html").read_text()
         assert summary["seeds"] == [50, 51, 52]
+    if scenario == "schedules":
+        check_schedules(params, dataset, tmp_path)
     if scenario == "protocol and scales":
         import optuna
         assert len(optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/studies.db")) == 3 * 2  # x problems
         assert list(map(int, summary_examples(tmp_path))) == [700, 1000]  # batch 7, record every 100, 1 epoch
+
+
+def check_schedules(params: config.Params, dataset: data.Dataset, root) -> None:
+    """Each schedule's study searched its settings (warmup fixed at 0.1), and the evaluation's test of
+    tuned schedule against tuned constant is the Hodges-Lehmann median of Walsh averages, recomputed
+    here from fresh engine runs of the two winners."""
+    from pipeline.core import engine
+
+    everything = json.loads((root / "reports/summary.json").read_text())["problems"]
+    page = (root / "reports/report.html").read_text()
+    assert "Learning-rate schedules" in page and "cosine with warmup" in page and "multi-factor" in page
+    for p in params.study.problems:
+        protocol = problems.protocol(p, params.train)
+        seeds = np.arange(params.evaluate.first_seed, params.evaluate.first_seed + params.evaluate.seeds)
+        for o in params.study.optimizers:
+            constant = json.loads((root / f"studies/{p}/{o}/constant/best.json").read_text())["hyperparams"]
+            base = engine.train(dataset, o, constant, seeds, protocol, p).scored()
+            for schedule, reads in (("warmup_cosine", {"final", "warmup"}), ("multifactor", {"drop"})):
+                rows = read_csv(root / f"studies/{p}/{o}/{schedule}/trials.csv")
+                assert reads <= set(rows[0]) and {r.get("warmup", "0.1") for r in rows} == {"0.1"}
+                best = json.loads((root / f"studies/{p}/{o}/{schedule}/best.json").read_text())
+                assert set(best["hyperparams"]) == set(optimizers.get(o).hyperparams) | reads
+                diff = engine.train(dataset, o, best["hyperparams"], seeds, protocol, p, schedule).scored() - base
+                walsh = [(diff[i] + diff[j]) / 2 for i in range(len(diff)) for j in range(i, len(diff))]
+                test = everything[p]["schedules"]["studies"][o][schedule]["test"]
+                assert test["estimate"] == pytest.approx(np.median(walsh), rel=1e-9, abs=1e-15)
+                assert test["family_size"] == 4 and test["verdict"] in ("better", "worse", "equivalent", "inconclusive")
 
 
 def summary_examples(root):
@@ -240,8 +277,8 @@ def test_study_workers_setting_never_forks_beyond_it(raw_file, tmp_path):
     out, err = proc.communicate()
     assert proc.returncode == 0, err[-2000:]
     assert most == 3, most  # the command and its 2 helpers; none of them started more
-    metrics = json.loads((root / "studies/linreg/sgd/metrics.json").read_text())
-    assert metrics["trials"] == 24 and len(read_csv(root / "studies/linreg/sgd/trials.csv")) == 24
+    metrics = json.loads((root / "studies/linreg/sgd/constant/metrics.json").read_text())
+    assert metrics["trials"] == 24 and len(read_csv(root / "studies/linreg/sgd/constant/trials.csv")) == 24
     assert "run by this worker" in out
 
 

@@ -18,7 +18,7 @@ import yaml
 from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
-from pipeline.core import optimizers, problems
+from pipeline.core import optimizers, problems, schedules
 from pipeline.core.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
@@ -66,12 +66,13 @@ class Range:
 class StudyParams:
     problems: list  # each a name in the problem registry (pipeline/core/problems.py)
     optimizers: list
+    schedules: list  # each a name in the schedule registry (pipeline/core/schedules.py)
     n_trials: Positive
     seeds_per_trial: Positive
     seed: StrictInt  # seeds the TPE sampler
     objective: Literal["final_loss", "mean_loss"]  # final_loss: mean final loss over seeds; mean_loss: over the curve
     storage: StrictStr  # "journal": a journal file under studies/; or an Optuna storage URL
-    search_space: typing.Dict[str, Range]  # hyperparameter -> Range
+    search_space: typing.Dict[str, Range]  # hyperparameter or schedule setting -> Range (a setting's low = high fixes it)
     workers: Positive  # processes sharing the study (none of these four changes the study's identity)
     heartbeat_s: Positive  # RDB storages: a running trial records a heartbeat this often
     grace_s: Positive  # ... and is failed as abandoned after this long without one
@@ -109,11 +110,13 @@ class Params:
     evaluate: EvaluateParams
     mlflow: MlflowParams
     problem: StrictStr = "linreg"  # not in params.yaml: set by for_problem, which also sets train
+    schedule: StrictStr = "constant"  # not in params.yaml: the study stage's, set by for_problem
 
 
-def for_problem(params: Params, problem: str) -> Params:
-    """The params one problem's stages run with: its name, and `train` with the problem's changes."""
-    return dataclasses.replace(params, problem=problem, train=problems.protocol(problem, params.train))
+def for_problem(params: Params, problem: str, schedule: str = "constant") -> Params:
+    """The params one problem's stages run with: its name, `train` with the problem's changes, and
+    the schedule a study trains with."""
+    return dataclasses.replace(params, problem=problem, schedule=schedule, train=problems.protocol(problem, params.train))
 
 
 def _fail(where: str, message: str) -> typing.NoReturn:
@@ -220,6 +223,13 @@ def _check_value(where: str, name: str, value: float) -> None:
 
 def _validate_range(name: str, r: Range) -> Range:
     where = f"study.search_space.{name}"
+    if name in schedules.RUN_SETTINGS:  # a fraction of the run; low = high fixes it
+        inside = "[0, 1)" if name == "warmup" else "(0, 1]"
+        ok_low = r.low >= 0 if name == "warmup" and r.scale == "linear" else r.low > 0
+        if r.scale == "log1m" or r.low > r.high or not ok_low or r.high > 1 or (name == "warmup" and r.high >= 1):
+            _fail(where, f"{name} is a fraction of the run in {inside}: expected low <= high inside it, "
+                         f"scale linear or log, got [{r.low}, {r.high}] {r.scale}")
+        return r
     optimizers.hyperparameter(name)
     if r.low >= r.high:
         _fail(where, f"low ({r.low}) must be below high ({r.high})")
@@ -246,12 +256,19 @@ def _validate_study(study: StudyParams) -> StudyParams:
     for name in study.problems:
         if name not in problems.PROBLEMS:
             _fail("study.problems", f"unknown problem {name!r}: choose from {', '.join(problems.PROBLEMS)}")
+    if not study.schedules or len(set(study.schedules)) != len(study.schedules):
+        _fail("study.schedules", f"list each schedule once, got {study.schedules!r}")
+    for name in study.schedules:
+        if name not in schedules.SCHEDULES:
+            _fail("study.schedules", f"unknown schedule {name!r}: choose from {', '.join(schedules.SCHEDULES)}")
     space = {name: _validate_range(name, r) for name, r in study.search_space.items()}
     for name in study.optimizers:  # a hyperparameter params.yaml leaves out gets the registry's range
         for h in optimizers.get(name).hyperparams:
             space.setdefault(h, Range(*optimizers.hyperparameter(h).search))
+    for name, setting in schedules.RUN_SETTINGS.items():  # any schedule can be run (`study --schedule`)
+        space.setdefault(name, Range(*setting.search))
     return dataclasses.replace(study, search_space=space, optimizers=list(study.optimizers),
-                               problems=list(study.problems))
+                               problems=list(study.problems), schedules=list(study.schedules))
 
 
 def parse_params(raw) -> Params:
@@ -267,18 +284,6 @@ def parse_params(raw) -> Params:
     evaluate = dataclasses.replace(params.evaluate, quadratic=_validate_settings(
         params.evaluate.quadratic, "evaluate.quadratic", "quadratic", study.optimizers))
     return dataclasses.replace(params, book=book, study=study, evaluate=evaluate)
-
-
-# Every place a driver takes a secret from: `user:password@` in a URL, and key=value pairs in a
-# query string (`?password=`, pymysql's `passwd=`) or in a libpq connection string.
-_USERINFO = re.compile(r"(://[^/:@?#\s]*:)[^/?#\s]*@")  # greedy: a raw @ in the password
-_SECRET_PAIR = re.compile(r"(?i)\b([\w.-]*(?:password|passwd|pwd|secret|token)[\w.-]*\s*=\s*)('[^']*'|[^&;\s'\"]+)")
-
-
-def mask_url(text: str) -> str:
-    """A URL (or a message quoting one) with every password replaced by ***, for logs, tags and
-    messages. SQLAlchemy's own `render_as_string(hide_password=True)` masks only the first form."""
-    return _SECRET_PAIR.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:

@@ -5,7 +5,7 @@ same way. Its code is part of the study's name (stages/study/search.py).
 """
 import math
 
-from pipeline.core import optimizers
+from pipeline.core import optimizers, schedules
 from pipeline.core.config import Range
 
 
@@ -20,15 +20,20 @@ def suggest(trial, name: str, r: Range) -> float:
     return trial.suggest_float(name, r.low, r.high, log=r.scale == "log")
 
 
-def suggest_all(trial, optimizer: str, space: dict) -> dict:
-    return {h: suggest(trial, h, space[h]) for h in optimizers.get(optimizer).hyperparams}
+def searched(optimizer: str, schedule: str = "constant") -> tuple:
+    """What a study searches: the optimizer's hyperparameters, then its schedule's settings."""
+    return optimizers.get(optimizer).hyperparams + schedules.get(schedule).run_settings
 
 
-def sampled_hyperparams(trial, optimizer: str, space: dict) -> dict:
+def suggest_all(trial, optimizer: str, space: dict, schedule: str = "constant") -> dict:
+    return {h: suggest(trial, h, space[h]) for h in searched(optimizer, schedule)}
+
+
+def sampled_hyperparams(trial, optimizer: str, space: dict, schedule: str = "constant") -> dict:
     """The hyperparameters a trial was given, from Optuna's own record (also for trials that
     were interrupted before they produced a result)."""
     found = {}
-    for h in optimizers.get(optimizer).hyperparams:
+    for h in searched(optimizer, schedule):
         key = optuna_name(h, space[h])
         if key in trial.params:
             found[h] = 1.0 - trial.params[key] if key != h else trial.params[key]

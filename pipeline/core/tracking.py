@@ -23,7 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 from urllib.parse import urlparse
 
 from pipeline.core import tracking_worker as worker
-from pipeline.core.config import mask_url
+from pipeline.core.masking import mask_url
 from pipeline.core.errors import PipelineError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"

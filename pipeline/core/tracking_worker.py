@@ -9,7 +9,7 @@ import threading
 import time
 from urllib.parse import urlparse
 
-from pipeline.core.config import mask_url
+from pipeline.core.masking import mask_url
 
 PARENT = "mlflow.parentRunId"
 # A lost tracking server fails a run within seconds, not after MLflow's minutes of retries: the

@@ -1,5 +1,6 @@
 """`evaluate` stage: per problem, re-run the winners and compare them (problem.py), map the landscape
-and race the samplers where the problem can afford it; then compare across problems (across.py).
+and race the samplers where the problem can afford it, compare schedules (scheduled.py); then compare
+across problems (across.py).
 
 Writes under reports/evaluation/<problem>/:
   curves.csv         family (tuned, book, defaults, framework), optimizer, seed, examples, loss, excess_loss
@@ -13,11 +14,14 @@ Writes under reports/evaluation/<problem>/:
                      from the search space), regret
   samplers.csv       optimizer, sampler, repeat, trials, best_so_far, regret
   quadratic.csv      optimizer, step, x1, x2, f: the book's 2-D demo
-(the last four are empty for a problem without dense analyses), and reports/summary.json (DVC metrics):
+  schedules.csv      family (demo, tuned), optimizer, schedule, examples, mean loss and effective lr (scheduled.py)
+(landscape to quadratic are empty for a problem without dense analyses), reports/evaluation/book_schedules.csv
+(the book's schedule figures), and reports/summary.json (DVC metrics):
   problems.<problem>: its floor and where it comes from, and per optimizer: settings, final loss mean and 95% CI
     (every seed, a diverged one scoring its initial loss), examples to the floor, the effective lr's fall per
     layer, trials, regret, Keras difference, random search and the samplers; `comparisons`: the paired tests;
-    `adagrad_vs_rmsprop`: the seed's claim, tuned and at the book's settings.
+    `adagrad_vs_rmsprop`: the seed's claim, tuned and at the book's settings; `schedules`: the cosine demo
+    and each schedule's tuned study against tuned constant (scheduled.py).
   across: per problem and optimizer the tuned excess loss and rank, and the performance profile.
 """
 from pathlib import Path
@@ -26,8 +30,9 @@ from pipeline.core import config, fileio
 from pipeline.core.config import Params
 from pipeline.core.data import Dataset
 from pipeline.core.paths import EVAL_DIR, SUMMARY
-from pipeline.stages.evaluate import across
-from pipeline.stages.evaluate.problem import evaluate_problem, read_study
+from pipeline.stages.evaluate import across, scheduled
+from pipeline.stages.evaluate.problem import evaluate_problem, write_csv
+from pipeline.stages.evaluate.scheduled import read_study
 
 
 def evaluate(dataset: Dataset, params: Params, studies_dir: Path, out_dir: Path = EVAL_DIR,
@@ -35,6 +40,7 @@ def evaluate(dataset: Dataset, params: Params, studies_dir: Path, out_dir: Path 
     problems = {p: evaluate_problem(dataset, config.for_problem(params, p), studies_dir, Path(out_dir) / p, tracker)
                 for p in params.study.problems}
     result = {"problems": problems, "across": across.across(problems, list(params.study.optimizers))}
+    write_csv(Path(out_dir) / "book_schedules.csv", scheduled.book_figures())
     fileio.write_json(summary_path, result)
     return result
 
@@ -46,6 +52,7 @@ def run(params: Params, tracking_uri: str) -> dict:
     dataset = data.load_prepared()  # inputs first: bad input opens (and creates) no MLflow store
     for problem in params.study.problems:
         for name in params.study.optimizers:
-            read_study(problem, name, paths.STUDIES_DIR)
+            for schedule in params.study.schedules:
+                read_study(problem, name, paths.STUDIES_DIR, schedule)
     with tracking.Tracker(tracking_uri, params.mlflow.experiment) as tracker:
         return evaluate(dataset, params, paths.STUDIES_DIR, tracker=tracker)

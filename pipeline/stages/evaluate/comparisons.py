@@ -65,5 +65,6 @@ def random_search(draws: np.ndarray, n_trials: int, optimum: float, floor: float
 
 def _interval(values) -> list:
     """The 95% bootstrap percentile interval; an infinite end (a budget never reached) is None."""
-    low, high = np.quantile(np.asarray(values, dtype=np.float64), [0.025, 0.975])
+    with np.errstate(invalid="ignore"):  # between two never-reached budgets (inf, inf) NumPy's lerp makes NaN
+        low, high = np.quantile(np.asarray(values, dtype=np.float64), [0.025, 0.975])
     return [float(v) if np.isfinite(v) else None for v in (low, high)]

@@ -3,7 +3,6 @@ them) map the landscape, race the samplers and run Keras. Writes reports/evaluat
 and returns the problem's part of reports/summary.json (see evaluate's docstring).
 """
 import csv
-import json
 from pathlib import Path
 from typing import Optional, TypedDict
 
@@ -12,8 +11,8 @@ import numpy as np
 from pipeline.core import engine, fileio, optimizers, problems, quadratic, reference, statistics
 from pipeline.core.config import Params
 from pipeline.core.data import Dataset
-from pipeline.core.errors import PipelineError
-from pipeline.stages.evaluate import across, comparisons, ground_truth, landscape, samplers
+from pipeline.stages.evaluate import across, comparisons, ground_truth, landscape, samplers, scheduled
+from pipeline.stages.evaluate.scheduled import read_study
 from pipeline.stages.evaluate.measures import FinalLoss, examples_to_floor, examples_to_target, lr_ratio, mean_ci, target
 
 DIVERGENCE_RULE = ("a run that diverges (its loss becomes infinite or undefined, or exceeds train.diverge_factor "
@@ -50,18 +49,6 @@ class OptimizerSummary(TypedDict):
     keras_max_abs_diff: Optional[float]  # None where Keras has no such optimizer
     random_search: dict  # comparisons.random_search
     samplers: dict  # samplers.summarise
-
-
-def read_study(problem: str, optimizer: str, studies_dir: Path) -> tuple:
-    """best.json and trials.csv of one study."""
-    folder = Path(studies_dir) / problem / optimizer
-    try:
-        best = json.loads((folder / "best.json").read_text())
-        with open(folder / "trials.csv") as f:
-            trials = list(csv.DictReader(f))
-    except FileNotFoundError as e:
-        raise PipelineError(f"{e.filename} not found: run `dvc repro study@{problem}-{optimizer}` first") from None
-    return best, trials
 
 
 FLOOR_SOURCES = {"least_squares": "the least-squares minimum (closed form)",
@@ -147,12 +134,15 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
         pairs = result["comparisons"]["pairs"]
         tuned_test = pairs.get("adagrad_vs_rmsprop") or statistics.flipped(pairs["rmsprop_vs_adagrad"])
         result["adagrad_vs_rmsprop"] = across.adagrad_against_rmsprop(scores, tuned_test, margin)
+    result["schedules"], schedule_rows = scheduled.compare_schedules(
+        dataset, params, studies_dir, seeds, {o: r["tuned"] for o, r in runs.items()}, margin)
+    write_csv(out_dir / "schedules.csv", schedule_rows)
     examples = tuned.examples
     for name in ("curves", "coordinates", "landscape", "budget", "samplers", "quadratic"):
-        _write_csv(out_dir / f"{name}.csv", rows[name])
-    _write_csv(out_dir / "convergence.csv", [{"examples": int(x), **{n: float(c[i]) for n, c in convergence.items()}}
+        write_csv(out_dir / f"{name}.csv", rows[name])
+    write_csv(out_dir / "convergence.csv", [{"examples": int(x), **{n: float(c[i]) for n, c in convergence.items()}}
                                              for i, x in enumerate(examples)])
-    _write_csv(out_dir / "effective_lr.csv", [{"examples": int(x), **{n: float(c[i]) for n, c in eff_mean.items()}}
+    write_csv(out_dir / "effective_lr.csv", [{"examples": int(x), **{n: float(c[i]) for n, c in eff_mean.items()}}
                                               for i, x in enumerate(examples)])
     return result
 
@@ -241,7 +231,7 @@ def _reach_summary(reached: list, n_seeds: int) -> dict:
     return {"median": float(np.median(hits)) if hits else None, "seeds_reached": len(hits), "seeds": n_seeds}
 
 
-def _write_csv(path: Path, rows: list) -> None:
+def write_csv(path: Path, rows: list) -> None:
     fields = list(dict.fromkeys(k for row in rows for k in row))  # every column any row has, in first-seen order
     with fileio.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fields, lineterminator="\n", restval="")

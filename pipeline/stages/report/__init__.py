@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.core import config, fileio, optimizers
+from pipeline.core import config, fileio, optimizers, paths
 from pipeline.stages.report import across_figures as AF
 from pipeline.stages.report import comparison_figures as CF
 from pipeline.stages.report import document
 from pipeline.stages.report import figures as F
 from pipeline.stages.report import findings
+from pipeline.stages.report import schedule_figures as SF
 from pipeline.core.config import Params
 from pipeline.core.errors import PipelineError
 
@@ -56,7 +57,9 @@ class Inputs:
                 self.budget = pd.read_csv(eval_dir / "budget.csv")
                 self.quad = pd.read_csv(eval_dir / "quadratic.csv")
                 self.samplers = pd.read_csv(eval_dir / "samplers.csv")
-            self.trials = {o: pd.read_csv(Path(studies_dir) / o / "trials.csv") for o in params.study.optimizers}
+            self.schedules = pd.read_csv(eval_dir / "schedules.csv")
+            self.trials = {o: pd.read_csv(paths.study_dir(self.problem, o, "constant", studies_dir) / "trials.csv")
+                           for o in params.study.optimizers}
         except FileNotFoundError as e:
             raise PipelineError(f"{e.filename} not found: run `dvc repro evaluate` first") from None
         self.optimizers = list(params.study.optimizers)
@@ -81,19 +84,24 @@ class Report:
             raise PipelineError(f"the evaluation has no {', '.join(absent)}: run `dvc repro evaluate` first")
         self.params, self.stats, self.optimizers = params, stats, list(params.study.optimizers)
         self.problems = {p: Inputs(config.for_problem(params, p), self.summary["problems"][p], Path(eval_dir) / p,
-                                   Path(studies_dir) / p, stats) for p in params.study.problems}
+                                   studies_dir, stats) for p in params.study.problems}
+        try:
+            self.book_schedules = pd.read_csv(Path(eval_dir) / "book_schedules.csv")
+        except FileNotFoundError as e:
+            raise PipelineError(f"{e.filename} not found: run `dvc repro evaluate` first") from None
 
 
 def section_titles(r: Report) -> list:
     """Every section's title, in order, as both renderers show them."""
     names = [f"{d.label}: {name}" for d in r.problems.values() for name in PROBLEM_SECTIONS
-             if d.dense or name != "From scratch vs Keras"] + [ACROSS]
+             if d.dense or name != "From scratch vs Keras"] + [ACROSS, SF.TITLE]
     return ["Key findings", "1. Setup"] + [f"{i}. {name}" for i, name in enumerate(names, start=2)]
 
 
 def figure_names(r: Report) -> list:
     return [f"{p}_{name}" for p, d in r.problems.items() for figs in FIGURES.values() for name, _ in figs
-            if d.dense or name not in DENSE_ONLY] + [name for name, _ in AF.ACROSS_FIGURES]
+            if d.dense or name not in DENSE_ONLY] + [name for name, _ in AF.ACROSS_FIGURES] + [
+        name for name, _ in SF.figures(r)]
 
 
 def tables(d: Inputs) -> dict:
@@ -168,10 +176,10 @@ def run(params: Params, tracking_uri: str, commit: str) -> dict:
         metrics = {k: v for k, v in metrics.items() if v is not None}  # all seeds diverged: no number to log
         files = [(paths.REPORTS / "report.html", None), (paths.REPORTS / "report.pdf", None), (paths.SUMMARY, None)]
         files += [(paths.REPORTS / "figures" / f"{name}.png", "figures") for name in captions]
-        studies = {f"{p}/{o}": tracker.find_study_run(
-            json.loads((paths.STUDIES_DIR / p / o / "best.json").read_text())["study_name"])
-            for p in params.study.problems for o in params.study.optimizers}
-        summary_id = tracker.experiment_ids(f"{params.study.problems[0]} · {params.study.optimizers[0]}")[0]
+        studies = {paths.study_label(p, o, s): tracker.find_study_run(
+            json.loads((paths.study_dir(p, o, s) / "best.json").read_text())["study_name"])
+            for p in params.study.problems for o in params.study.optimizers for s in params.study.schedules}
+        summary_id = tracker.experiment_ids(paths.study_label(params.study.problems[0], params.study.optimizers[0]))[0]
         note = "Built from the study runs: " + ", ".join(
             f"[{o}](#/experiments/{summary_id}/runs/{run_id})" for o, run_id in studies.items() if run_id)
         tracker.log_report(f"report · {', '.join(params.study.problems)} · {', '.join(params.study.optimizers)}",
@@ -201,6 +209,8 @@ def sections(r: Report, commit: str) -> list:
     made.append(document.Section(next(titles), bullets=AF.across_lines(r),
                                  tables=[document.Table(*t) for t in AF.across_tables(r)],
                                  figures=[document.Figure(name, lambda make=make: make(r)) for name, make in AF.ACROSS_FIGURES]))
+    made.append(document.Section(next(titles), tables=[document.Table(*SF.schedule_table(r))],
+                                 figures=[document.Figure(name, make) for name, make in SF.figures(r)]))
     return made + [document.Section("How to reproduce", code=REPRODUCE)]
 
 

@@ -2,6 +2,7 @@
 the evaluation wrote (reports/summary.json), never written by hand."""
 from pipeline.core import statistics
 from pipeline.stages.report.figures import fmt_hyper, fmt_loss, label
+from pipeline.stages.report.schedule_figures import schedule_finding
 
 ALPHA = 0.05  # the level at which a Holm-adjusted p-value is called significant (statistics.ALPHA)
 
@@ -75,6 +76,7 @@ def report_findings(r) -> list:
     for d in r.problems.values():
         lines += [f"{d.label}: {line}" for line in key_findings(d.summary, d.optimizers, d.params.study.n_trials)[1:]]
         lines.append(f"{d.label}: {lr_fall(d)}")
+        lines.append(f"{d.label}: {schedule_finding(d)}")
     return lines + [profile_sentence(r.summary["across"], r.optimizers)]
 
 

@@ -1,4 +1,4 @@
-"""`study` stage: one seeded Optuna study per problem and optimizer, every trial mirrored to MLflow.
+"""`study` stage: one seeded Optuna study per problem, optimizer and schedule, every trial mirrored to MLflow.
 
 Read in this order:
   trials.py   the ask-and-tell loop over the budget, and a trial's life from ask to tell to its sink
@@ -19,8 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.core import data
-from pipeline.core.config import Params, mask_url
+from pipeline.core import data, paths
+from pipeline.core.config import Params
+from pipeline.core.masking import mask_url
 
 
 def run(optimizer: str, params: Params, storage_url: str, tracking_uri: str, workers: int, helper: bool,
@@ -40,7 +41,7 @@ def run(optimizer: str, params: Params, storage_url: str, tracking_uri: str, wor
         if workers > 1:  # helpers start once the stores are known to work, then import TensorFlow beside us
             tracker.ready()
             store = store or open_store()
-            helpers = spawn_helpers(optimizer, params.problem, workers - 1, storage_url, params_file)
+            helpers = spawn_helpers(optimizer, params, workers - 1, storage_url, params_file)
         try:
             from pipeline.stages.study import outputs  # TensorFlow, while MLflow's process starts
 
@@ -58,7 +59,8 @@ def run(optimizer: str, params: Params, storage_url: str, tracking_uri: str, wor
             sink.report_waiting(study)
         if helper:
             return study, None, timings  # the worker that started it writes the outputs
-        outcome = outputs.write_outputs(study, optimizer, params, outputs.study_dir(params.problem, optimizer), timings)
+        outcome = outputs.write_outputs(study, optimizer, params,
+                                        paths.study_dir(params.problem, optimizer, params.schedule), timings)
         if not sink.lost:
             outputs.log_study_summary(tracker, sink.parent_id, study, optimizer, outcome, params)
     return study, outcome, timings
@@ -85,11 +87,12 @@ def run_with(tracker, optimizer: str, params: Params, dataset, store, tags: dict
 # checks pass, so their start-up (TensorFlow's import) overlaps ours, and they get our Ctrl-C.
 
 
-def spawn_helpers(optimizer: str, problem: str, n: int, storage_url: str, params_file: Path) -> list:
+def spawn_helpers(optimizer: str, params: Params, n: int, storage_url: str, params_file: Path) -> list:
     """n helper workers. The storage URL travels in the environment, so a password in it never
     shows in the process list."""
     env = {**os.environ, "OPTUNA_STORAGE": storage_url}
-    cmd = [sys.executable, "-m", "pipeline", "--params", str(params_file), "study", optimizer, "--problem", problem, "--worker"]
+    cmd = [sys.executable, "-m", "pipeline", "--params", str(params_file), "study", optimizer, "--problem", params.problem,
+           "--schedule", params.schedule, "--worker"]
     return [subprocess.Popen(cmd, env=env) for _ in range(n)]
 
 

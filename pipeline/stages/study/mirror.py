@@ -15,7 +15,8 @@ import time
 import numpy as np
 from optuna.trial import TrialState
 
-from pipeline.core import optimizers, problems, space
+from pipeline.core import problems, schedules, space
+from pipeline.core.paths import study_label
 from pipeline.core.config import Params
 from pipeline.core.errors import PipelineError
 from pipeline.core.tracking import Tracker
@@ -26,24 +27,27 @@ PARENT_ATTR = "mlflow_parent_run_id"  # study user attribute: the MLflow parent 
 
 
 def _ranges(optimizer: str, params: Params) -> dict:
-    space = params.study.search_space
-    return {h: f"{space[h].low:g}..{space[h].high:g}" for h in optimizers.get(optimizer).hyperparams}
+    r = params.study.search_space
+    return {h: f"{r[h].low:g}" if r[h].low == r[h].high else f"{r[h].low:g}..{r[h].high:g}"
+            for h in space.searched(optimizer, params.schedule)}
 
 
 def identity(optimizer: str, params: Params) -> dict:
     """What the study is, as Optuna user attributes a person reads in optuna-dashboard."""
-    t, space = params.train, params.study.search_space
+    t, ranges = params.train, params.study.search_space
     init = "Glorot uniform" if problems.get(params.problem).hidden else f"{t.init} (std {t.init_std:g})"
     return {"problem": params.problem, "model": problems.get(params.problem).description, "optimizer": optimizer,
-            "search_space": {h: f"{r} ({space[h].scale})" for h, r in _ranges(optimizer, params).items()},
+            "schedule": schedules.get(params.schedule).label,
+            "search_space": {h: f"{r} ({ranges[h].scale})" for h, r in _ranges(optimizer, params).items()},
             "protocol": f"batch {t.batch_size}, {t.epochs} epochs, init {init}, loss recorded "
                         f"every {t.record_every} examples",
             "objective": f"{params.study.objective}, mean over seeds 0..{params.study.seeds_per_trial - 1}"}
 
 
 def group(optimizer: str, params: Params) -> str:
-    """A study as a person names it, e.g. `mlp · rmsprop`: its trials experiment is `<experiment> · <group> trials`."""
-    return f"{params.problem} · {optimizer}"
+    """A study as a person names it, e.g. `mlp · rmsprop`, or `mlp · rmsprop · cosine` with a schedule
+    other than constant: its trials experiment is `<experiment> · <group> trials`."""
+    return study_label(params.problem, optimizer, params.schedule)
 
 
 def run_name(optimizer: str, params: Params) -> str:
@@ -70,7 +74,7 @@ class Mirror:
         if created:
             for key, value in identity(optimizer, params).items():
                 study.set_user_attr(key, value)
-        tags = {**tags, "problem": params.problem, "optimizer": optimizer, "params_digest": study.study_name.rsplit("-", 1)[1]}
+        tags = {**tags, "problem": params.problem, "optimizer": optimizer, "schedule": params.schedule, "params_digest": study.study_name.rsplit("-", 1)[1]}
         parent_id = _parent_run(study, created, tracker, tags, params.study.grace_s, run_name(optimizer, params))
         synced = sync_mlflow(study, tracker, parent_id, optimizer, params)
         if synced:
@@ -153,7 +157,8 @@ def run_status(trial) -> str:
 def log_trial(tracker: Tracker, parent_id: str, optimizer: str, params: Params, trial) -> None:
     """Queue the MLflow run of a finished trial."""
     record, reason = trial.user_attrs.get("result"), storage.fail_reason(trial)
-    hyper = record["hyperparams"] if record else space.sampled_hyperparams(trial, optimizer, params.study.search_space)
+    hyper = record["hyperparams"] if record else space.sampled_hyperparams(trial, optimizer, params.study.search_space,
+                                                                              params.schedule)
     metrics, curves = {}, {}
     if record:
         curves = {name: tuple(zip(*[(x, v) for x, v in zip(record["examples"], record[name]) if v is not None]))
@@ -162,12 +167,12 @@ def log_trial(tracker: Tracker, parent_id: str, optimizer: str, params: Params, 
         if trial.state == TrialState.COMPLETE:
             metrics.update(objective=trial.value, final_loss=float(np.mean(record["seed_losses"])))
     kind = storage.failure(trial)
-    tags = {"problem": params.problem, "optimizer": optimizer, "state": trial.state.name,
+    tags = {"problem": params.problem, "optimizer": optimizer, "schedule": params.schedule, "state": trial.state.name,
             **({"fail_reason": reason, "failure": kind.value} if kind else {})}
     end = trial.datetime_complete or trial.datetime_start
     tracker.log_trial(
         parent_id, trial.number,
-        params={"problem": params.problem, "optimizer": optimizer, **hyper, "batch_size": params.train.batch_size, "epochs": params.train.epochs,
+        params={"problem": params.problem, "optimizer": optimizer, "schedule": params.schedule, **hyper, "batch_size": params.train.batch_size, "epochs": params.train.epochs,
                 "seeds": ",".join(map(str, range(params.study.seeds_per_trial))), "trial_number": trial.number},
         metrics=metrics, curves=curves, tags=tags, status=run_status(trial),
         start_ms=int(trial.datetime_start.timestamp() * 1000), end_ms=int(end.timestamp() * 1000),

@@ -1,4 +1,4 @@
-"""The study stage's outputs under studies/<problem>/<optimizer>/: trials.csv (the first n_trials counted
+"""The study stage's outputs under studies/<problem>/<optimizer>/<schedule>/: trials.csv (the first n_trials counted
 trials by number; deterministic for one worker: same params and a fresh storage give the same
 bytes), best.json, metrics.json and timings.csv (wall times, which vary); and the study's summary
 on its MLflow parent run, with Optuna's own plots.
@@ -16,17 +16,11 @@ from optuna.trial import TrialState
 from pipeline.core import fileio, optimizers, space
 from pipeline.core.config import Params
 from pipeline.core.errors import PipelineError
-from pipeline.core.paths import STUDIES_DIR
 from pipeline.core.tracking import Tracker
 from pipeline.stages.study import mirror, search, storage
 from pipeline.stages.study.trials import is_counted
 
 log = logging.getLogger(__name__)
-
-
-def study_dir(problem: str, optimizer: str, root: Path = STUDIES_DIR) -> Path:
-    """studies/<problem>/<optimizer>/: the study stage's outputs."""
-    return Path(root) / problem / optimizer
 
 
 def counted_trials(study: optuna.Study, n_trials: int) -> tuple:
@@ -56,20 +50,21 @@ class StudyOutcome(NamedTuple):
 
 def write_outputs(study: optuna.Study, optimizer: str, params: Params, out_dir: Path, timings: list) -> StudyOutcome:
     """trials.csv, best.json, metrics.json and timings.csv; every file written atomically."""
-    opt = optimizers.get(optimizer)
+    opt, searched = optimizers.get(optimizer), space.searched(optimizer, params.schedule)
     trials, extra = counted_trials(study, params.study.n_trials)
     if len(trials) < params.study.n_trials:
         raise PipelineError(f"{optimizer}: only {len(trials)} of {params.study.n_trials} trials are done: "
-                            f"rerun `python -m pipeline study {optimizer} --problem {params.problem}` to finish the study")
+                            f"rerun `python -m pipeline study {optimizer} --problem {params.problem} --schedule "
+                            f"{params.schedule}` to finish the study")
     seeds = params.study.seeds_per_trial
     with fileio.atomic_path(out_dir / "trials.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["number", "state", "diverged", "objective", *opt.hyperparams,
+        w.writerow(["number", "state", "diverged", "objective", *searched,
                     *[f"final_loss_seed_{i}" for i in range(seeds)]])
         for t in trials:
             result = t.user_attrs["result"]
             w.writerow([t.number, t.state.name, int(storage.failure(t) == storage.Failure.DIVERGED), _fmt(t.value),
-                        *[_fmt(result["hyperparams"][h]) for h in opt.hyperparams],
+                        *[_fmt(result["hyperparams"][h]) for h in searched],
                         *[_fmt(v) for v in result["seed_losses"]]])
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
@@ -84,7 +79,7 @@ def write_outputs(study: optuna.Study, optimizer: str, params: Params, out_dir: 
         log.info("%s: %d extra trial(s) finished by racing workers; outputs use the first %d by number",
                  optimizer, extra, params.study.n_trials)
     fileio.write_json(out_dir / "best.json", {
-        "problem": params.problem, "optimizer": optimizer, "study_name": study.study_name, "objective": params.study.objective,
+        "problem": params.problem, "optimizer": optimizer, "schedule": params.schedule, "study_name": study.study_name, "objective": params.study.objective,
         "value": best.value, "hyperparams": best_hyper, "trial_number": best.number, "warnings": edge,
     })
     metrics = {
@@ -118,7 +113,9 @@ def log_study_summary(tracker: Tracker, parent_id: str, study: optuna.Study, opt
         warnings.simplefilter("ignore")  # the matplotlib backends are marked experimental
         plots = {"optimization_history": lambda: vis.matplotlib.plot_optimization_history(study),
                  "slice": lambda: vis.matplotlib.plot_slice(study)}
-        names = {h: space.optuna_name(h, params.study.search_space[h]) for h in optimizers.get(optimizer).hyperparams}
+        ranges = params.study.search_space  # a fixed setting (low = high) has nothing to plot
+        names = {h: space.optuna_name(h, ranges[h]) for h in space.searched(optimizer, params.schedule)
+                 if ranges[h].low < ranges[h].high}
         pairs = [(a, b) for i, a in enumerate(names) for b in list(names)[i + 1:]]
         for a, b in pairs:  # every pair of hyperparameters, under Optuna's names for them
             plots[f"{a}_{b}_contour"] = lambda a=a, b=b: vis.matplotlib.plot_contour(study, params=[names[a], names[b]])

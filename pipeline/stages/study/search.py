@@ -13,24 +13,25 @@ from typing import NamedTuple, TypedDict
 
 import numpy as np
 
-from pipeline.core import engine, network, optimizers, pieces, problems, space
+from pipeline.core import engine, network, optimizers, pieces, problems, schedules, space
 from pipeline.core.config import Params
 from pipeline.core.data import Dataset
 
 # Files whose content changes results: part of the study name, so a fix there starts a new study.
 RESULT_CODE = [Path(__file__), Path(space.__file__), Path(engine.__file__), Path(optimizers.__file__),
-               Path(pieces.__file__), Path(network.__file__), Path(problems.__file__)]
+               Path(pieces.__file__), Path(network.__file__), Path(problems.__file__), Path(schedules.__file__)]
 EDGE_FRACTION = 0.02  # a best value this close to a range end (as a fraction of its width) is "at the edge"
 
 
 def study_name(optimizer: str, params: Params, dataset: Dataset) -> str:
-    """Problem and optimizer plus a digest of everything that changes the result (n_trials does not: raising
+    """Problem, optimizer and schedule plus a digest of everything that changes the result (n_trials does not: raising
     it extends the same study; nor do workers and heartbeats)."""
-    opt = optimizers.get(optimizer)
     identity = {
         "problem": params.problem,
         "optimizer": optimizer,
-        "search_space": {h: dataclasses.asdict(params.study.search_space[h]) for h in opt.hyperparams},
+        "schedule": params.schedule,
+        "search_space": {h: dataclasses.asdict(params.study.search_space[h])
+                         for h in space.searched(optimizer, params.schedule)},
         "train": dataclasses.asdict(params.train),
         "seeds_per_trial": params.study.seeds_per_trial,
         "sampler_seed": params.study.seed,
@@ -39,7 +40,7 @@ def study_name(optimizer: str, params: Params, dataset: Dataset) -> str:
         "code": hashlib.sha256(b"".join(p.read_bytes() for p in RESULT_CODE)).hexdigest(),
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    return f"{params.problem}-{optimizer}-{digest[:16]}"
+    return f"{params.problem}-{optimizer}-{params.schedule}-{digest[:16]}"
 
 
 # --- the sampler and the edges of the space ---------------------------------------------------
@@ -55,6 +56,8 @@ def sampler(seed: int, trial_number: int):
 def edge_warnings(best: dict, search_space: dict) -> list:
     found = []
     for name, value in best.items():
+        if search_space[name].low == search_space[name].high:  # fixed, not searched
+            continue
         pos = space.position(value, search_space[name])
         if pos < EDGE_FRACTION or pos > 1 - EDGE_FRACTION:
             end = "low" if pos < 0.5 else "high"
@@ -91,7 +94,7 @@ def _finite(values) -> list:
 def evaluate_trial(hyper: dict, optimizer: str, params: Params, dataset: Dataset) -> Evaluation:
     """Train the trial's seeds in one engine call and score them."""
     seeds = np.arange(params.study.seeds_per_trial)
-    result = engine.train(dataset, optimizer, hyper, seeds, params.train, params.problem)
+    result = engine.train(dataset, optimizer, hyper, seeds, params.train, params.problem, params.schedule)
     diverged = seeds[result.diverged].tolist()
     value = None if diverged else float(np.mean(result.score(params.study.objective)))
     with np.errstate(invalid="ignore"):

@@ -22,7 +22,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from pipeline.core.config import StudyParams, mask_url
+from pipeline.core.config import StudyParams
+from pipeline.core.masking import mask_url
 from pipeline.core.errors import PipelineError
 from pipeline.core.interrupts import interrupts_deferred
 from pipeline.core.paths import STUDIES_DIR

@@ -143,7 +143,7 @@ def _turn(study, optimizer, params, dataset, store, sink, timings: list, target:
     t0 = time.perf_counter()
     with owned_trial(study, store, sink) as trial:
         study.sampler = search.sampler(p.seed, trial.number)
-        hyper = space.suggest_all(trial, optimizer, p.search_space)
+        hyper = space.suggest_all(trial, optimizer, p.search_space, params.schedule)
         t1 = time.perf_counter()
         result = search.evaluate_trial(hyper, optimizer, params, dataset)
         t2 = time.perf_counter()

@@ -1,0 +1,86 @@
+"""Chapter 11.11 in the evaluation, per problem: each optimizer tuned with each schedule of
+study.schedules against the same optimizer tuned at a constant rate, paired on the evaluation seeds
+(one Holm family per problem); and always, whatever study.schedules says, the demo: the book's
+setting of SGD at a constant rate against the same with cosine decay (to the registry's default
+final fraction), so every report shows what a schedule does on this data.
+
+Writes reports/evaluation/<problem>/schedules.csv: family (demo, tuned), optimizer, schedule, examples,
+loss and effective_lr (means over the evaluation seeds; the effective lr, the schedule's factor
+included, also over coordinates or layer quantiles); and the book's figures, book_schedules.csv.
+"""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core import engine, optimizers, paths, schedules
+from pipeline.core import statistics as st
+from pipeline.core.config import Params
+from pipeline.core.errors import PipelineError
+from pipeline.stages.evaluate.measures import mean_ci
+
+DEMO = ("sgd", "cosine")  # the book's SGD, at a constant rate and with cosine decay
+
+
+def read_study(problem: str, optimizer: str, studies_dir: Path, schedule: str = "constant") -> tuple:
+    """best.json and trials.csv of one study."""
+    folder = paths.study_dir(problem, optimizer, schedule, studies_dir)
+    try:
+        best = json.loads((folder / "best.json").read_text())
+        with open(folder / "trials.csv") as f:
+            trials = list(csv.DictReader(f))
+    except FileNotFoundError as e:
+        raise PipelineError(f"{e.filename} not found: run "
+                            f"`dvc repro {paths.study_stage(problem, optimizer, schedule)}` first") from None
+    return best, trials
+
+
+def _curves(family: str, optimizer: str, schedule: str, result: engine.TrainResult) -> list:
+    kept = ~result.diverged if (~result.diverged).any() else np.ones(len(result.diverged), bool)
+    loss, eff = result.losses[kept].mean(axis=0), result.effective_lr[kept].mean(axis=(0, 2))
+    return [{"family": family, "optimizer": optimizer, "schedule": schedule, "examples": int(x),
+             "loss": float(v), "effective_lr": float(e)} for x, v, e in zip(result.examples, loss, eff)]
+
+
+def compare_schedules(dataset, params: Params, studies_dir: Path, seeds, tuned: dict, margin: float) -> tuple:
+    """(summary.json's `schedules` for this problem, schedules.csv's rows). tuned: optimizer -> its
+    constant-rate tuned TrainResult on `seeds`. Each test is scheduled - constant, seed by seed
+    (negative: the schedule is better)."""
+    name, schedule = DEMO
+    book = params.book.get(name, optimizers.get(name).book)
+    setting = {s: schedules.RUN_SETTINGS[s].default for s in schedules.get(schedule).run_settings}
+    constant, cosine = engine.train_groups(dataset, name, [(book, seeds), ({**book, **setting}, seeds, schedule)],
+                                           params.train, params.problem)
+    demo_test = st.paired(cosine.scored(), constant.scored())
+    demo_test.update(p_holm=demo_test["p"], family="the book's SGD, cosine vs constant", family_size=1)
+    demo_test["verdict"] = st.verdict(demo_test, margin)
+    rows = _curves("demo", name, "constant", constant) + _curves("demo", name, schedule, cosine)
+    studied, tests = {}, {}
+    for opt in params.study.optimizers:
+        for other in [s for s in params.study.schedules if s != "constant"]:
+            best, _ = read_study(params.problem, opt, studies_dir, other)
+            run = engine.train(dataset, opt, best["hyperparams"], seeds, params.train, params.problem, other)
+            rows += _curves("tuned", opt, other, run)
+            tests[f"{opt}_{other}"] = st.paired(run.scored(), tuned[opt].scored())
+            studied.setdefault(opt, {})[other] = {"hyperparams": best["hyperparams"],
+                                                   "final_loss": mean_ci(run.final_loss, run.initial_loss),
+                                                   "test": tests[f"{opt}_{other}"]}
+    for key, adjusted in zip(tests, st.holm([t["p"] for t in tests.values()])):
+        tests[key].update(p_holm=adjusted, family="each schedule vs constant, tuned", family_size=len(tests))
+        tests[key]["verdict"] = st.verdict(tests[key], margin)
+    for opt in tuned:
+        rows += _curves("tuned", opt, "constant", tuned[opt])
+    summary = {"demo": {"optimizer": name, "hyperparams": book, "schedule": schedule,
+                        "settings": setting, "constant_final_loss": mean_ci(constant.final_loss, constant.initial_loss),
+                        "scheduled_final_loss": mean_ci(cosine.final_loss, cosine.initial_loss), "test": demo_test},
+               "studies": studied}
+    return summary, rows
+
+
+def book_figures() -> list:
+    """Every schedule's book figure (its `schedule` command's default values): schedule, t, lr."""
+    return [{"schedule": s.name, "t": t, "lr": float(v)}
+            for s in schedules.SCHEDULES.values()
+            for t, v in enumerate(schedules.values(s.name, s.book["steps"], s.book["base_lr"],
+                                                   {k: v for k, v in s.book.items() if k not in ("steps", "base_lr")}))]
