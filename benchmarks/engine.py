@@ -59,6 +59,33 @@ def measure_network(dataset, protocol, repeats: int, ks=NETWORK_KS) -> list:
     return rows
 
 
+def measure_schedules(dataset, protocol, repeats: int, k: int = 1024) -> list:
+    """RMSProp at K configurations (the lr x gamma grid of measure) at a constant rate and with cosine
+    decay after a warmup, alternating repeat by repeat so both meet the same machine load: the median
+    seconds of each, and the linear model at K = 64 on the network's protocol as a second point."""
+    from pipeline.core import problems
+
+    cases = [("linreg", protocol, k), ("mlp", problems.protocol("mlp", protocol), 64)]
+    rows = []
+    for problem, proto, size in cases:
+        grid = {"lr": np.geomspace(1e-4, 1e-2, size), "gamma": np.linspace(0.5, 0.999, size),
+                "final": 0.01, "warmup": 0.1}
+        runs = {s: (lambda s=s: engine.train(dataset, "rmsprop", grid, np.arange(size) % 4, proto, problem, s))
+                for s in ("constant", "warmup_cosine")}
+        times = {s: [] for s in runs}
+        for fn in runs.values():
+            fn()  # compile
+        for _ in range(repeats):
+            for s, fn in runs.items():
+                start = time.perf_counter()
+                fn()
+                times[s].append(time.perf_counter() - start)
+        medians = {s: statistics.median(t) for s, t in times.items()}
+        rows.append({"problem": problem, "K": size, **{f"{s}_s": v for s, v in medians.items()},
+                     "ratio": medians["warmup_cosine"] / medians["constant"]})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import engine as engine_bench  # noqa: E402  benchmarks/engine.py
-from pipeline.core import config, data, optimizers, tracking  # noqa: E402
+from pipeline.core import config, data, optimizers, paths, tracking  # noqa: E402
 from pipeline.stages import study  # noqa: E402
 from pipeline.stages.study import storage as study_storage  # noqa: E402
 
@@ -122,7 +122,8 @@ def bench_pipeline(quick: bool, repeats: int):
             whole_chapter.append(run_measured(["dvc", "repro"], fresh_clone(Path(tmp), f"chapter{i}", chapter), env))
         noop = [run_measured(["dvc", "repro"], whole, env)[0] for _ in range(3)]
         staged = fresh_clone(Path(tmp), "staged", chapter)
-        stages = ["download", "prepare", *[f"study@{o}" for o in sorted(optimizers.OPTIMIZERS)], "evaluate", "report"]
+        stages = ["download", "prepare", *[paths.study_stage(p, o) for p in params_problems(staged)
+                                           for o in sorted(optimizers.OPTIMIZERS)], "evaluate", "report"]
         per_stage = []
         for name in stages:
             seconds, rss = run_measured(["dvc", "repro", "--single-item", name], staged, env)
@@ -133,6 +134,32 @@ def bench_pipeline(quick: bool, repeats: int):
             "chapter_seconds": statistics.median(chapter_seconds), "chapter_runs": chapter_seconds,
             "cold_peak_rss_mib": max(c[1] for c in cold + whole_chapter), "noop_seconds": statistics.median(noop),
             "stages": per_stage}
+
+
+def params_problems(root: Path) -> list:
+    return config.load_params(root / "params.yaml").study.problems
+
+
+def bench_schedules(repeats: int) -> str:
+    """Schedules' cost: the engine with cosine-with-warmup against a constant rate, side by side, and
+    cold `dvc repro` with study.schedules [constant, cosine, warmup_cosine] against the default."""
+    params, ds = config.load_params(ROOT / "params.yaml"), data.load_prepared(ROOT / "data/prepared")
+    lines = ["| engine, RMSProp | constant | cosine with warmup | ratio |", "| --- | --- | --- | --- |"]
+    for r in engine_bench.measure_schedules(ds, params.train, max(repeats, 7)):
+        lines.append(f"| {r['problem']}, K = {r['K']} | {1000 * r['constant_s']:.2f} ms | "
+                     f"{1000 * r['warmup_cosine_s']:.2f} ms | {r['ratio']:.3f}x |")
+    env = _repro_env()
+    three = lambda raw: raw["study"].update(schedules=["constant", "cosine", "warmup_cosine"])  # noqa: E731
+    runs = {"default (constant)": (None, []), "schedules [constant, cosine, warmup_cosine]": (three, [])}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            for j, (name, (edit, times)) in enumerate(runs.items()):
+                times.append(run_measured(["dvc", "repro"], fresh_clone(Path(tmp), f"run{i}_{j}", edit), env)[0])
+    base = statistics.median(runs["default (constant)"][1])
+    lines += ["", "| cold `dvc repro` | median (runs) | over the default |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {statistics.median(t):.1f} s ({', '.join(f'{x:.1f}' for x in t)}) | "
+              f"{statistics.median(t) / base:.2f}x |" for name, (_, t) in runs.items()]
+    return "\n".join(lines)
 
 
 def markdown(r: dict) -> str:
@@ -235,7 +262,12 @@ def main():
     parser.add_argument("--network", action="store_true", help="only the network engine and its study trials")
     parser.add_argument("--problems", action="store_true",
                         help="only time cold dvc repro with both problems against linear regression only")
+    parser.add_argument("--schedules", action="store_true",
+                        help="only the schedules' cost: engine side by side, cold dvc repro with three schedules")
     args = parser.parse_args()
+    if args.schedules:
+        print(bench_schedules(args.repeats))
+        return
     if args.problems:
         print(bench_problems(args.repeats))
         return

@@ -46,6 +46,12 @@ def test_committed_params_are_valid_and_typed():
     (lambda p: p["study"]["search_space"]["gamma"].update(high=1.5), "a log1m range must lie inside (0, 1)"),
     (lambda p: p["study"]["search_space"]["gamma"].update(scale="linear", low=-0.5), "gamma must lie inside (0, 1)"),
     (lambda p: p["study"]["search_space"]["lr"].update(scale="exp"), "study.search_space.lr.scale: expected one of"),
+    (lambda p: p["study"].update(schedules=["cosine", "onecycle"]), "study.schedules: unknown schedule 'onecycle': choose from"),
+    (lambda p: p["study"].update(schedules=[]), "study.schedules: list each schedule once, got []"),
+    (lambda p: p["study"]["search_space"]["final"].update(high=2.0), "study.search_space.final: final is a fraction of "
+                                                                      "the run in (0, 1]"),
+    (lambda p: p["study"]["search_space"]["warmup"].update(high=1.0), "warmup is a fraction of the run in [0, 1)"),
+    (lambda p: p["study"]["search_space"]["drop"].update(low=0.5, high=0.2), "expected low <= high inside it"),
 ])
 def test_bad_params_stop_the_command_in_one_line_naming_the_key(edit, expected, tmp_path):
     raw = raw_params()

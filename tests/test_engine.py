@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.core import engine, reference
-from conftest import ROOT, run_env
+from conftest import ROOT, assert_one_line_error, run_env
 
 
 def test_book_rmsprop_run_ends_near_0245(dataset, params):
@@ -110,6 +110,20 @@ def test_train_command_json_is_reproducible_across_processes(prepared_project):
     assert len(first["losses"]) == 15 and first["final_loss"] == first["losses"][-1]
     assert len(first["effective_lr"]) == 15 and len(first["effective_lr"][0]) == 6
     assert 0.240 < first["final_loss"] < 0.255
+
+
+def test_train_command_runs_a_schedule_with_its_settings(prepared_project):
+    """`train --schedule` with a setting at a non-default value: the JSON names both, the recorded
+    effective lr falls to that fraction, and a setting the schedule does not read is refused in one line."""
+    out = _cli("train", "--optimizer", "sgd", "--schedule", "warmup_cosine", "--final", "0.2", "--json",
+              cwd=prepared_project)
+    assert out.returncode == 0, out.stderr
+    run = json.loads(out.stdout)
+    assert run["schedule"] == "warmup_cosine" and run["schedule_settings"] == {"final": 0.2, "warmup": 0.1}
+    constant = json.loads(_cli("train", "--optimizer", "sgd", "--json", cwd=prepared_project).stdout)
+    assert run["effective_lr"][-1][0] < 0.25 * constant["effective_lr"][-1][0]  # ends near 0.2 of the rate
+    assert_one_line_error(_cli("train", "--optimizer", "sgd", "--schedule", "cosine", "--drop", "0.5",
+                              cwd=prepared_project), "--drop does not apply to the cosine schedule: it reads --final")
 
 
 def test_train_command_reports_divergence_not_a_number(prepared_project):

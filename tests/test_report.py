@@ -182,6 +182,20 @@ def test_dvc_repro_runs_every_stage_then_reruns_only_what_changed(project_copy):
               for part in plot if part["type"] == "vega" for row in part["content"]["data"]["values"]}
     assert {"sgd", "adagrad", "rmsprop", "adam"} <= series
 
+    # Schedules as a dimension: adding cosine (SGD alone now) runs its one new study, then evaluate and
+    # report; its runs and trials experiment carry the schedule, and the evaluation tests it against constant.
+    fourth = dvc(project_copy, "exp", "run", "-S", "study.schedules=[constant,cosine]", "-S", "study.optimizers=[sgd]")
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    ran = [line for line in fourth.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'study@mlp-sgd-cosine':", "Running stage 'evaluate':", "Running stage 'report':"], ran
+    cosine = json.loads((project_copy / "reports/summary.json").read_text())["problems"]["mlp"]["schedules"]
+    assert set(cosine["studies"]["sgd"]["cosine"]["hyperparams"]) == {"lr", "final"}
+    assert cosine["studies"]["sgd"]["cosine"]["test"]["seeds"] == 4 and cosine["demo"]["schedule"] == "cosine"
+    trials_exp = client.get_experiment_by_name("airfoil-optimizers · mlp · sgd · cosine trials").experiment_id
+    runs = client.search_runs([trials_exp])
+    assert len(runs) == 6 and {r.data.params["schedule"] for r in runs} == {"cosine"} and "final" in runs[0].data.params
+    assert "tuned SGD, cosine" in (project_copy / "reports/report.html").read_text()
+
 
 def test_one_section_model_renders_escaped_html_and_a_pdf_that_flows_onto_pages(tmp_path):
     """Both renderers read the same sections: Jinja2 escapes every value; the PDF computes where

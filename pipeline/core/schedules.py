@@ -191,12 +191,20 @@ def run_factors(name: str, run_settings: tuple, steps: int) -> np.ndarray:
 
 def factor_table(names, settings: dict, steps: int) -> tuple:
     """((steps, U) float32 factors, (K,) int32 column of each row) for K rows with their schedule
-    names and settings (RUN_SETTINGS name -> K values; a row reads only its schedule's)."""
-    keys = [(name, tuple((s, float(settings[s][i])) for s in get(name).run_settings)) for i, name in enumerate(names)]
-    unique = list(dict.fromkeys(keys))
-    table = np.stack([run_factors(name, key, steps) for name, key in unique], axis=1)
-    column = {key: i for i, key in enumerate(unique)}
-    return table, np.array([column[key] for key in keys], dtype=np.int32)
+    names and settings (RUN_SETTINGS name -> K values; a row reads only its schedule's). Vectorised
+    over rows: a grid of thousands of configurations shares a handful of columns."""
+    names = np.asarray(names, dtype=object)
+    columns, index = [], np.zeros(len(names), np.int32)
+    for name in dict.fromkeys(names.tolist()):
+        rows, reads = np.flatnonzero(names == name), get(name).run_settings
+        if reads:
+            unique, inverse = np.unique(np.stack([settings[s][rows] for s in reads], axis=1), axis=0,
+                                        return_inverse=True)
+        else:
+            unique, inverse = np.zeros((1, 0)), np.zeros(len(rows), np.int64)
+        index[rows] = len(columns) + inverse.ravel()
+        columns += [run_factors(name, tuple(zip(reads, map(float, u))), steps) for u in unique]
+    return np.stack(columns, axis=1), index
 
 
 def hooks(opt, hyper, lr_factor, schedule_index):
