@@ -129,10 +129,11 @@ class Tracker:
 
     # --- trial runs -------------------------------------------------------------------------
 
-    def log_trial(self, parent_id: str, number: int, params: dict, metrics: dict, curves: dict, tags: dict,
-                  status: str, start_ms: int, end_ms: int) -> None:
-        """Send one trial's run without waiting: params, scalar metrics, curves as {name: (steps,
-        values)}; raises if an earlier run could not be written."""
+    def log_trial(self, parent_id: str, group: str, number: int, params: dict, metrics: dict, curves: dict,
+                  tags: dict, status: str, start_ms: int, end_ms: int) -> None:
+        """Send one trial's run to its study's trials experiment (`group`, paths.study_label) without
+        waiting: params, scalar metrics, curves as {name: (steps, values)}; raises if an earlier run
+        could not be written."""
         self.ready()
         self._written()
         points = [(k, float(v), end_ms, 0) for k, v in metrics.items()]
@@ -140,7 +141,7 @@ class Tracker:
             points += [(name, float(v), end_ms, int(s)) for s, v in zip(steps, values)]
         tags = {**tags, PARENT: parent_id, "run_type": "trial", "trial_number": str(number)}
         self._sent.append((number, self._pool.submit(
-            worker.trial, number, tags, points, {k: str(v) for k, v in params.items()}, status, start_ms, end_ms)))
+            worker.trial, number, group, tags, points, {k: str(v) for k, v in params.items()}, status, start_ms, end_ms)))
 
     def claim(self, parent_id: str, key: str, worker_name: str) -> str:
         """Write-once param `key` = worker on the study's run; returns who holds it (MLflow refuses

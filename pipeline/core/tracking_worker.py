@@ -149,14 +149,13 @@ def _log_batch(run_id: str, metrics=(), params=None, tags=None) -> None:
                         tags=[RunTag(k, v) for k, v in (tags or {}).items()])
 
 
-def trial(number: int, tags: dict, metrics: list, params: dict, status: str, start_ms: int, end_ms: int):
+def trial(number: int, group: str, tags: dict, metrics: list, params: dict, status: str, start_ms: int, end_ms: int):
     """One trial's run; the seconds it took. After a failure, later trials are dropped until the
     study hears of it (the rerun logs them from Optuna)."""
     if _store["failure"]:
         return None
     began = time.perf_counter()
     try:
-        group = f"{tags['problem']} · {tags['optimizer']}"
         client = _client()
         run = client.create_run(trials_experiment_id(group), start_time=start_ms, tags=tags,
                                 run_name=f"{group} trial {number:04d}")

@@ -171,8 +171,9 @@ def log_trial(tracker: Tracker, parent_id: str, optimizer: str, params: Params, 
             **({"fail_reason": reason, "failure": kind.value} if kind else {})}
     end = trial.datetime_complete or trial.datetime_start
     tracker.log_trial(
-        parent_id, trial.number,
-        params={"problem": params.problem, "optimizer": optimizer, "schedule": params.schedule, **hyper, "batch_size": params.train.batch_size, "epochs": params.train.epochs,
+        parent_id, group(optimizer, params), trial.number,
+        params={"problem": params.problem, "optimizer": optimizer, "schedule": params.schedule, **hyper,
+                "batch_size": params.train.batch_size, "epochs": params.train.epochs,
                 "seeds": ",".join(map(str, range(params.study.seeds_per_trial))), "trial_number": trial.number},
         metrics=metrics, curves=curves, tags=tags, status=run_status(trial),
         start_ms=int(trial.datetime_start.timestamp() * 1000), end_ms=int(end.timestamp() * 1000),
