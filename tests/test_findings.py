@@ -135,3 +135,16 @@ def test_verdicts_come_from_the_statistics_not_from_the_sentences():
     assert c["tuned_vs_book"]["a"]["verdict"] == "better" and c["tuned_vs_book"]["b"]["verdict"] == "worse"
     assert c["tuned_vs_defaults"]["b"]["verdict"] == "equivalent"  # differences of +-1e-4 inside a 1e-3 margin
     assert c["pairs"]["a_vs_b"]["verdict"] == "worse" and c["pairs"]["a_vs_b"]["family_size"] == 1
+
+
+def test_an_interval_below_95_percent_says_its_level():
+    """Four seeds cannot give an exact 95% interval: the sentence and the cell name the level the
+    statistics module achieved (from its own computation, not typed here)."""
+    from pipeline.stages.report.figures import ci_cell, ci_name
+
+    test = st.paired([0.3, 0.2, 0.25, 0.31], [0.1, 0.11, 0.12, 0.13])
+    level = test["ci_level"]
+    assert level < 0.95
+    assert ci_name(test) == f"{level:.1%} CI, the widest 4 seeds allow"
+    assert ci_cell(test).endswith(f" ({level:.1%})")
+    assert ci_name(comparison(0, -1, 1, 1, 1, "inconclusive")) == "95% CI"

@@ -38,6 +38,16 @@ def fmt_loss(stat: dict, digits: int = 5) -> str:
     return text + (f" ({stat['diverged_seeds']} of {stat['seeds']} seeds diverged)" if stat["diverged_seeds"] else "")
 
 
+def ci_name(t: dict) -> str:
+    """The exact interval's name: 95%, or the level it reaches when the seeds are too few for 95%."""
+    return "95% CI" if t.get("ci_level", 0.95) >= 0.95 else f"{t['ci_level']:.1%} CI, the widest {t['seeds']} seeds allow"
+
+
+def ci_cell(t: dict) -> str:
+    level = "" if t.get("ci_level", 0.95) >= 0.95 else f" ({t['ci_level']:.1%})"
+    return f"{t['ci'][0]:+.2e} to {t['ci'][1]:+.2e}{level}"
+
+
 def panels(n: int, height: float = 2.6, **kwargs):
     """A grid of n panels, four to a row; unused panels hidden."""
     cols = min(n, PANELS_PER_ROW)

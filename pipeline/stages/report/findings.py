@@ -1,7 +1,7 @@
 """The report's key findings and comparison tables: sentences and cells generated from the numbers
 the evaluation wrote (reports/summary.json), never written by hand."""
 from pipeline.core import statistics
-from pipeline.stages.report.figures import fmt_hyper, fmt_loss, label
+from pipeline.stages.report.figures import ci_cell, ci_name, fmt_hyper, fmt_loss, label
 from pipeline.stages.report.schedule_figures import schedule_finding
 
 ALPHA = 0.05  # the level at which a Holm-adjusted p-value is called significant (statistics.ALPHA)
@@ -9,7 +9,7 @@ ALPHA = 0.05  # the level at which a Holm-adjusted p-value is called significant
 
 def _interval(t: dict) -> str:
     low, high = t["ci"]
-    return f"{t['estimate']:+.2e} (95% CI {low:+.2e} to {high:+.2e})"
+    return f"{t['estimate']:+.2e} ({ci_name(t)} {low:+.2e} to {high:+.2e})"
 
 
 def _p(t: dict) -> str:
@@ -174,13 +174,14 @@ def _names(optimizers: list) -> str:
 def comparison_table(d) -> tuple:
     """Rows: every paired comparison (pairs of tuned optimizers, tuned vs book, tuned vs defaults)."""
     c = d.summary["comparisons"]
-    header = ["comparison", "Hodges-Lehmann estimate (a - b)", "95% CI (exact)", "Wilcoxon p", "Holm p", "family",
+    header = ["comparison", "Hodges-Lehmann estimate (a - b)", "exact 95% CI (lower: all the seeds allow)", "Wilcoxon p",
+              "Holm p", "family",
               "seeds (smallest p)", "verdict"]
     named = [(f"{label(a)} - {label(b)} (tuned)", c["pairs"][f"{a}_vs_{b}"])
              for i, a in enumerate(d.optimizers) for b in d.optimizers[i + 1:]]
     named += [(f"{label(o)}: tuned - {family}", c[f"tuned_vs_{family}"][o])
               for family in ("book", "defaults") for o in d.optimizers]
-    return header, [[name, f"{t['estimate']:+.2e}", f"{t['ci'][0]:+.2e} to {t['ci'][1]:+.2e}", f"{t['p']:.3g}",
+    return header, [[name, f"{t['estimate']:+.2e}", ci_cell(t), f"{t['p']:.3g}",
                      f"{t['p_holm']:.3g}", f"{t['family']} ({t['family_size']})",
                      f"{t['seeds']} ({t['smallest_p']:.1g})", t["verdict"]] for name, t in named]
 

@@ -2,7 +2,7 @@
 and tuned schedules against tuned constant (figures, a table, and the key finding), all read from
 reports/summary.json and the evaluation's CSVs."""
 from pipeline.core import schedules
-from pipeline.stages.report.figures import color, fmt_hyper, fmt_loss, label, panels, plt
+from pipeline.stages.report.figures import ci_cell, ci_name, color, fmt_hyper, fmt_loss, label, panels, plt
 
 TITLE = "Learning-rate schedules"
 STYLES = {"constant": "-", "cosine": "--", "warmup_cosine": "-.", "warmup_linear": ":", "multifactor": (0, (5, 1)),
@@ -53,7 +53,7 @@ def demo_sentence(d) -> str:
     return (f"The book's {label(demo['optimizer'])} ({fmt_hyper(demo['hyperparams'])}) ends at "
             f"{fmt_loss(demo['constant_final_loss'])} at a constant rate and at {fmt_loss(demo['scheduled_final_loss'])} "
             f"with {schedules.get(demo['schedule']).label} decay ({settings} of the initial rate at the end); "
-            f"cosine - constant {t['estimate']:+.2e} (95% CI {t['ci'][0]:+.2e} to {t['ci'][1]:+.2e}, "
+            f"cosine - constant {t['estimate']:+.2e} ({ci_name(t)} {t['ci'][0]:+.2e} to {t['ci'][1]:+.2e}, "
             f"Wilcoxon p {t['p']:.3g}): {_verdict(t)}.")
 
 
@@ -73,7 +73,7 @@ def schedule_finding(d) -> str:
     tested = sum(len(by) for by in studies.values())
     if gains:
         text = "Schedules: " + "; ".join(
-            f"{label(o)} gains from {schedules.get(s).label} ({t['estimate']:+.2e} final loss, 95% CI "
+            f"{label(o)} gains from {schedules.get(s).label} ({t['estimate']:+.2e} final loss, {ci_name(t)} "
             f"{t['ci'][0]:+.2e} to {t['ci'][1]:+.2e}, Holm p {t['p_holm']:.3g})" for o, s, t in gains)
     else:
         text = f"Schedules: no optimizer gains significantly from a schedule over its tuned constant rate ({tested} tests"
@@ -84,7 +84,7 @@ def schedule_finding(d) -> str:
 
 
 def schedule_table(r) -> tuple:
-    header = ["problem", "optimizer", "schedule (settings)", "final loss", "constant", "difference (95% CI)",
+    header = ["problem", "optimizer", "schedule (settings)", "final loss", "constant", "difference (exact 95% CI)",
               "Wilcoxon p", "Holm p", "verdict"]
     rows = []
     for d in r.problems.values():
@@ -97,7 +97,7 @@ def schedule_table(r) -> tuple:
                                                    if k in schedules.get(s).run_settings},
                          x["final_loss"], constant, x["test"]) for s, x in by.items()]
         rows += [[d.label, who, f"{schedules.get(s).label} ({fmt_hyper(settings)})", fmt_loss(mine), fmt_loss(constant),
-                  f"{t['estimate']:+.2e} ({t['ci'][0]:+.2e} to {t['ci'][1]:+.2e})", f"{t['p']:.3g}", f"{t['p_holm']:.3g}",
+                  f"{t['estimate']:+.2e} ({ci_cell(t)})", f"{t['p']:.3g}", f"{t['p_holm']:.3g}",
                   t["verdict"]] for who, s, settings, mine, constant, t in entries]
     return ("Each schedule against a constant rate, paired on the evaluation seeds (difference: schedule - constant, "
             "negative: the schedule is better); the tuned rows are one Holm family per problem", header, rows)
