@@ -61,8 +61,8 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
     problem, ev = problems.get(params.problem), params.evaluate
     seeds = np.arange(ev.first_seed, ev.first_seed + ev.seeds)
     rows = {name: [] for name in ("curves", "coordinates", "landscape", "budget", "samplers", "quadratic")}
-    studies, settings_of, runs, dense = {}, {}, {}, {}
-    for name in params.study.optimizers:  # one batched engine call per optimizer
+    studies, settings_of, runs, dense, scheduled_runs = {}, {}, {}, {}, {}
+    for name in params.study.optimizers:  # one batched engine call per optimizer, schedules included
         opt = optimizers.get(name)
         studies[name] = best, trials = read_study(params.problem, name, studies_dir)
         # An optimizer no framework ships (no `defaults` in the registry) meets its book setting there.
@@ -72,11 +72,15 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
         if problem.dense_analyses:
             points, grid_hyper, grid_seeds = landscape.landscape_grid(name, params)
             groups += [(grid_hyper, grid_seeds), ground_truth.with_seeds(ground_truth.uniform_draws(name, params), params)]
-        trained = engine.train_groups(dataset, name, groups, params.train, params.problem)
+        with_schedules = scheduled.groups(name, params, studies_dir, seeds)
+        trained = engine.train_groups(dataset, name, groups + list(with_schedules.values()), params.train, params.problem)
         runs[name] = dict(zip(settings, trained))
-        dense[name] = (points, *trained[3:]) if problem.dense_analyses else None
+        dense[name] = (points, *trained[3:len(groups)]) if problem.dense_analyses else None
+        scheduled_runs[name] = {key: (group[0], result) for (key, group), result
+                                in zip(with_schedules.items(), trained[len(groups):])}
     floor = dataset.stats["least_squares"]["loss"] if problem.floor == "least_squares" else float(min(
         [np.nanmin(r.losses) for family in runs.values() for r in family.values()]
+        + [np.nanmin(r.losses) for family in scheduled_runs.values() for _, r in family.values()]
         + [float(v) for _, trials in studies.values() for t in trials for k, v in t.items()
            if k.startswith("final_loss_seed_") and v]))
     # The divergence penalty on the study's seeds: their loss at the start of training.
@@ -134,8 +138,7 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
         pairs = result["comparisons"]["pairs"]
         tuned_test = pairs.get("adagrad_vs_rmsprop") or statistics.flipped(pairs["rmsprop_vs_adagrad"])
         result["adagrad_vs_rmsprop"] = across.adagrad_against_rmsprop(scores, tuned_test, margin)
-    result["schedules"], schedule_rows = scheduled.compare_schedules(
-        dataset, params, studies_dir, seeds, {o: r["tuned"] for o, r in runs.items()}, margin)
+    result["schedules"], schedule_rows = scheduled.compare_schedules(dataset, params, seeds, runs, scheduled_runs, margin)
     write_csv(out_dir / "schedules.csv", schedule_rows)
     examples = tuned.examples
     for name in ("curves", "coordinates", "landscape", "budget", "samplers", "quadratic"):

@@ -43,36 +43,59 @@ def _curves(family: str, optimizer: str, schedule: str, result: engine.TrainResu
              "loss": float(v), "effective_lr": float(e)} for x, v, e in zip(result.examples, loss, eff)]
 
 
-def compare_schedules(dataset, params: Params, studies_dir: Path, seeds, tuned: dict, margin: float) -> tuple:
-    """(summary.json's `schedules` for this problem, schedules.csv's rows). tuned: optimizer -> its
-    constant-rate tuned TrainResult on `seeds`. Each test is scheduled - constant, seed by seed
-    (negative: the schedule is better)."""
+def _demo_setting(params: Params) -> tuple:
     name, schedule = DEMO
     book = params.book.get(name, optimizers.get(name).book)
-    setting = {s: schedules.RUN_SETTINGS[s].default for s in schedules.get(schedule).run_settings}
-    constant, cosine = engine.train_groups(dataset, name, [(book, seeds), ({**book, **setting}, seeds, schedule)],
-                                           params.train, params.problem)
+    return book, {s: schedules.RUN_SETTINGS[s].default for s in schedules.get(schedule).run_settings}
+
+
+def groups(optimizer: str, params: Params, studies_dir: Path, seeds) -> dict:
+    """The engine groups (hyper, seeds, schedule) this optimizer adds to its evaluation call: each
+    tuned schedule other than constant, and the cosine demo if it is the demo's optimizer (its
+    constant half is the book setting the evaluation runs anyway)."""
+    out = {}
+    for schedule in [s for s in params.study.schedules if s != "constant"]:
+        best, _ = read_study(params.problem, optimizer, studies_dir, schedule)
+        out[schedule] = (best["hyperparams"], seeds, schedule)
+    if optimizer == DEMO[0]:
+        book, setting = _demo_setting(params)
+        out["demo"] = ({**book, **setting}, seeds, DEMO[1])
+    return out
+
+
+def compare_schedules(dataset, params: Params, seeds, runs: dict, scheduled_runs: dict, margin: float) -> tuple:
+    """(summary.json's `schedules` for this problem, schedules.csv's rows). runs: optimizer -> family
+    (tuned, book, ...) -> TrainResult at a constant rate on `seeds`; scheduled_runs: optimizer ->
+    schedule (and "demo") -> (hyperparameters, TrainResult), from `groups`. Each test is scheduled - constant, seed by
+    seed (negative: the schedule is better)."""
+    name, schedule = DEMO
+    book, setting = _demo_setting(params)
+    if name in runs:
+        constant, cosine = runs[name]["book"], scheduled_runs[name]["demo"][1]
+    else:  # the demo's optimizer is not studied: train both halves here
+        constant, cosine = engine.train_groups(dataset, name, [(book, seeds), ({**book, **setting}, seeds, schedule)],
+                                               params.train, params.problem)
     demo_test = st.paired(cosine.scored(), constant.scored())
     demo_test.update(p_holm=demo_test["p"], family="the book's SGD, cosine vs constant", family_size=1)
     demo_test["verdict"] = st.verdict(demo_test, margin)
     rows = _curves("demo", name, "constant", constant) + _curves("demo", name, schedule, cosine)
     studied, tests = {}, {}
-    for opt in params.study.optimizers:
-        for other in [s for s in params.study.schedules if s != "constant"]:
-            best, _ = read_study(params.problem, opt, studies_dir, other)
-            run = engine.train(dataset, opt, best["hyperparams"], seeds, params.train, params.problem, other)
+    for opt, by_schedule in scheduled_runs.items():
+        for other, (hyper, run) in by_schedule.items():
+            if other == "demo":
+                continue
             rows += _curves("tuned", opt, other, run)
-            tests[f"{opt}_{other}"] = st.paired(run.scored(), tuned[opt].scored())
-            studied.setdefault(opt, {})[other] = {"hyperparams": best["hyperparams"],
+            tests[f"{opt}_{other}"] = st.paired(run.scored(), runs[opt]["tuned"].scored())
+            studied.setdefault(opt, {})[other] = {"hyperparams": hyper,
                                                    "final_loss": mean_ci(run.final_loss, run.initial_loss),
                                                    "test": tests[f"{opt}_{other}"]}
     for key, adjusted in zip(tests, st.holm([t["p"] for t in tests.values()])):
         tests[key].update(p_holm=adjusted, family="each schedule vs constant, tuned", family_size=len(tests))
         tests[key]["verdict"] = st.verdict(tests[key], margin)
-    for opt in tuned:
-        rows += _curves("tuned", opt, "constant", tuned[opt])
-    summary = {"demo": {"optimizer": name, "hyperparams": book, "schedule": schedule,
-                        "settings": setting, "constant_final_loss": mean_ci(constant.final_loss, constant.initial_loss),
+    for opt in runs:
+        rows += _curves("tuned", opt, "constant", runs[opt]["tuned"])
+    summary = {"demo": {"optimizer": name, "hyperparams": book, "schedule": schedule, "settings": setting,
+                        "constant_final_loss": mean_ci(constant.final_loss, constant.initial_loss),
                         "scheduled_final_loss": mean_ci(cosine.final_loss, cosine.initial_loss), "test": demo_test},
                "studies": studied}
     return summary, rows
