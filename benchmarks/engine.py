@@ -75,8 +75,8 @@ def measure_schedules(dataset, protocol, repeats: int, k: int = 1024) -> list:
         times = {s: [] for s in runs}
         for fn in runs.values():
             fn()  # compile
-        for _ in range(repeats):
-            for s, fn in runs.items():
+        for i in range(repeats):  # alternating, and which goes first too: no order bias
+            for s, fn in (list(runs.items()) if i % 2 == 0 else list(runs.items())[::-1]):
                 start = time.perf_counter()
                 fn()
                 times[s].append(time.perf_counter() - start)
