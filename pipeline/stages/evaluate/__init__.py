@@ -32,7 +32,7 @@ from pipeline.core.data import Dataset
 from pipeline.core.paths import EVAL_DIR, SUMMARY
 from pipeline.stages.evaluate import across, scheduled
 from pipeline.stages.evaluate.problem import evaluate_problem, write_csv
-from pipeline.stages.evaluate.scheduled import read_study
+from pipeline.stages.evaluate.inputs import read_study
 
 
 def evaluate(dataset: Dataset, params: Params, studies_dir: Path, out_dir: Path = EVAL_DIR,

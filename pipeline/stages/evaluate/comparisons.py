@@ -15,7 +15,7 @@ RANDOM_SEARCH_RESAMPLES = 200  # bootstrap curves over the draws: each is one so
 FAMILIES_AGAINST_TUNED = ("book", "defaults")  # was tuning worth it, against the book and against Keras's defaults
 
 
-def _family(name: str, tests: dict, margin: float) -> dict:
+def holm_family(name: str, tests: dict, margin: float) -> dict:
     """Holm across one family of tests; each test then knows its family, its verdict and the margin."""
     for key, adjusted in zip(tests, st.holm([t["p"] for t in tests.values()])):
         tests[key].update(p_holm=adjusted, family=name, family_size=len(tests))
@@ -28,10 +28,10 @@ def paired_comparisons(scores: dict, margin: float, seed: int) -> dict:
     of tuned optimizers (a - b: negative means a is better), tuned - book and tuned - defaults per
     optimizer, each family Holm-corrected, and P(best) among the tuned."""
     names = list(scores)
-    out = {"pairs": _family("pairs of tuned optimizers", {f"{a}_vs_{b}": st.paired(scores[a]["tuned"], scores[b]["tuned"])
+    out = {"pairs": holm_family("pairs of tuned optimizers", {f"{a}_vs_{b}": st.paired(scores[a]["tuned"], scores[b]["tuned"])
                                                           for a, b in combinations(names, 2)}, margin)}
     for family in FAMILIES_AGAINST_TUNED:
-        out[f"tuned_vs_{family}"] = _family(f"tuned vs {family}", {o: st.paired(scores[o]["tuned"], scores[o][family])
+        out[f"tuned_vs_{family}"] = holm_family(f"tuned vs {family}", {o: st.paired(scores[o]["tuned"], scores[o][family])
                                                                     for o in names}, margin)
     matrix = np.column_stack([scores[o]["tuned"] for o in names])
     out["probability_best"] = dict(zip(names, st.probability_best(matrix, st.rng_for(seed, "probability_best", *names))))

@@ -12,7 +12,7 @@ from pipeline.core import engine, fileio, optimizers, problems, quadratic, refer
 from pipeline.core.config import Params
 from pipeline.core.data import Dataset
 from pipeline.stages.evaluate import across, comparisons, ground_truth, landscape, samplers, scheduled
-from pipeline.stages.evaluate.scheduled import read_study
+from pipeline.stages.evaluate.inputs import read_study
 from pipeline.stages.evaluate.measures import FinalLoss, examples_to_floor, examples_to_target, lr_ratio, mean_ci, target
 
 DIVERGENCE_RULE = ("a run that diverges (its loss becomes infinite or undefined, or exceeds train.diverge_factor "

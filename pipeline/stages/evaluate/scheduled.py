@@ -8,32 +8,18 @@ Writes reports/evaluation/<problem>/schedules.csv: family (demo, tuned), optimiz
 loss and effective_lr (means over the evaluation seeds; the effective lr, the schedule's factor
 included, also over coordinates or layer quantiles); and the book's figures, book_schedules.csv.
 """
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.core import engine, optimizers, paths, schedules
+from pipeline.core import engine, optimizers, schedules
 from pipeline.core import statistics as st
 from pipeline.core.config import Params
-from pipeline.core.errors import PipelineError
+from pipeline.stages.evaluate.comparisons import holm_family
+from pipeline.stages.evaluate.inputs import read_study
 from pipeline.stages.evaluate.measures import mean_ci
 
 DEMO = ("sgd", "cosine")  # the book's SGD, at a constant rate and with cosine decay
-
-
-def read_study(problem: str, optimizer: str, studies_dir: Path, schedule: str = "constant") -> tuple:
-    """best.json and trials.csv of one study."""
-    folder = paths.study_dir(problem, optimizer, schedule, studies_dir)
-    try:
-        best = json.loads((folder / "best.json").read_text())
-        with open(folder / "trials.csv") as f:
-            trials = list(csv.DictReader(f))
-    except FileNotFoundError as e:
-        raise PipelineError(f"{e.filename} not found: run "
-                            f"`dvc repro {paths.study_stage(problem, optimizer, schedule)}` first") from None
-    return best, trials
 
 
 def _curves(family: str, optimizer: str, schedule: str, result: engine.TrainResult) -> list:
@@ -75,9 +61,8 @@ def compare_schedules(dataset, params: Params, seeds, runs: dict, scheduled_runs
     else:  # the demo's optimizer is not studied: train both halves here
         constant, cosine = engine.train_groups(dataset, name, [(book, seeds), ({**book, **setting}, seeds, schedule)],
                                                params.train, params.problem)
-    demo_test = st.paired(cosine.scored(), constant.scored())
-    demo_test.update(p_holm=demo_test["p"], family="the book's SGD, cosine vs constant", family_size=1)
-    demo_test["verdict"] = st.verdict(demo_test, margin)
+    demo_test = holm_family("the book's SGD, cosine vs constant",
+                            {"demo": st.paired(cosine.scored(), constant.scored())}, margin)["demo"]
     rows = _curves("demo", name, "constant", constant) + _curves("demo", name, schedule, cosine)
     studied, tests = {}, {}
     for opt, by_schedule in scheduled_runs.items():
@@ -89,9 +74,7 @@ def compare_schedules(dataset, params: Params, seeds, runs: dict, scheduled_runs
             studied.setdefault(opt, {})[other] = {"hyperparams": hyper,
                                                    "final_loss": mean_ci(run.final_loss, run.initial_loss),
                                                    "test": tests[f"{opt}_{other}"]}
-    for key, adjusted in zip(tests, st.holm([t["p"] for t in tests.values()])):
-        tests[key].update(p_holm=adjusted, family="each schedule vs constant, tuned", family_size=len(tests))
-        tests[key]["verdict"] = st.verdict(tests[key], margin)
+    holm_family("each schedule vs constant, tuned", tests, margin)  # updates the tests in `studied` in place
     for opt in runs:
         rows += _curves("tuned", opt, "constant", runs[opt]["tuned"])
     summary = {"demo": {"optimizer": name, "hyperparams": book, "schedule": schedule, "settings": setting,
