@@ -117,7 +117,7 @@ def _bucket(k: int) -> int:
 def _compiled(optimizer_name: str):
     opt = optimizers.get(optimizer_name)
 
-    @tf.function(jit_compile=True, reduce_retracing=True)
+    @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
     def run(xs, y, gram, batches, step_rows, record_end, n_records, seed_index, theta0, hyper, lr_factor,
             schedule_index):
         # xs (n, P) features with a ones column; gram (P+1, P+1) = [xs, y]^T [xs, y] / n, float64

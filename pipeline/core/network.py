@@ -80,7 +80,7 @@ def compiled(optimizer_name: str, sizes: tuple, activation: str):
                 h = act(h)
         return h, inputs
 
-    @tf.function(jit_compile=True, reduce_retracing=True)
+    @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
     def run(x, y, batches, step_rows, record_end, n_records, seed_index, theta0, hyper, lr_factor, schedule_index):
         # x (n, F), y (n,); batches (T, S, B); seed_index (K,); theta0 (S, P); hyper name -> (K, 1)
         # lr_factor (T, U) each schedule's factor per step; schedule_index (K,) each row's column
