@@ -63,6 +63,9 @@ def cmd_train(args, params: config.Params) -> None:
 
     from pipeline.core import engine, problems
 
+    if args.init is not None and problems.get(args.problem).hidden:
+        raise PipelineError(f"--init applies to the linear model only: the {args.problem} network always starts from "
+                            f"Glorot-uniform weights and zero biases (pipeline/core/problems.py); drop --init")
     protocol = config.validated(dataclasses.replace, config.for_problem(params, args.problem).train, **{
         k: v for k, v in (("batch_size", args.batch_size), ("epochs", args.epochs), ("init", args.init)) if v is not None})
     hyper = _hyper(args, params.book, "book")

@@ -177,7 +177,9 @@ def test_dvc_repro_runs_every_stage_then_reruns_only_what_changed(project_copy):
     assert list(summary["problems"]) == ["mlp"] and list(summary["problems"]["mlp"]["optimizers"]) == \
         ["sgd", "adagrad", "rmsprop", "adam"]
     plots = dvc(project_copy, "plots", "show", "--json")
-    assert plots.returncode == 0 and "convergence.csv" in plots.stdout
+    assert plots.returncode == 0 and not json.loads(plots.stdout).get("errors")
+    assert set(json.loads(plots.stdout)["data"]) == {"reports/evaluation/convergence/mlp.csv",
+                                                     "reports/evaluation/effective_lr/mlp.csv"}  # a plot per problem run
     series = {row.get("field") for plot in json.loads(plots.stdout)["data"].values()
               for part in plot if part["type"] == "vega" for row in part["content"]["data"]["values"]}
     assert {"sgd", "adagrad", "rmsprop", "adam"} <= series

@@ -138,6 +138,9 @@ def check_complete_and_finite(params: config.Params, root, captions: dict) -> di
             assert set(best["hyperparams"]) == set(names) and np.isfinite(best["value"]) and best["problem"] == p
             s = summary["optimizers"][o]
             assert s["regret"] >= 0 and s["effective_lr_ratio"] and len(s["tuned_examples_reached"]) == params.evaluate.seeds
+            hits = [x for x in s["tuned_examples_reached"] if x is not None]
+            assert s["tuned_examples_to_target"] == {"median": float(np.median(hits)) if hits else None,
+                                                     "seeds_reached": len(hits), "seeds": params.evaluate.seeds}
             if not dense:
                 assert s["grid_points"] is None and s["samplers"] is None and s["best_known"]["source"] == "study"
                 continue
@@ -146,6 +149,9 @@ def check_complete_and_finite(params: config.Params, root, captions: dict) -> di
             assert s["best_known"]["value"] <= min(s["grid_optimum"], s["study_best"])
             assert (s["keras_max_abs_diff"] is None) == (optimizers.get(o).keras is None)
             assert set(s["samplers"]) == {"tpe", "random", "qmc", "cmaes"} and s["random_search"]["expected_best_at_budget"]
+        if summary["floor_kind"] == "best_known":  # its target is the best tuned optimizer's median final loss
+            assert max(summary["optimizers"][o]["tuned_examples_to_target"]["seeds_reached"]
+                       for o in params.study.optimizers) >= params.evaluate.seeds / 2
         pairs = summary["comparisons"]["pairs"]
         assert len(pairs) == n * (n - 1) // 2 and sum(summary["comparisons"]["probability_best"].values()) == pytest.approx(1)
         assert set(summary["comparisons"]["tuned_vs_book"]) == set(params.study.optimizers)
@@ -156,7 +162,7 @@ def check_complete_and_finite(params: config.Params, root, captions: dict) -> di
             assert min(float(r["regret"]) for r in samplers_csv) >= 0  # no sampler beats the best known value
             assert {r["optimizer"] for r in read_csv(out / "landscape.csv")} == set(params.study.optimizers)
         for name in ("convergence", "effective_lr"):  # the DVC plots' files: one column per optimizer
-            assert list(read_csv(out / f"{name}.csv")[0]) == ["examples", *params.study.optimizers]
+            assert list(read_csv(out.parent / name / f"{p}.csv")[0]) == ["examples", *params.study.optimizers]
     across = everything["across"]
     assert set(across["excess"]) == set(params.study.problems)
     for o, prof in across["performance_profile"]["optimizers"].items():
@@ -222,7 +228,7 @@ def check_schedules(params: config.Params, dataset: data.Dataset, root) -> None:
 
 
 def summary_examples(root):
-    return [r["examples"] for r in read_csv(root / "reports/evaluation/linreg/convergence.csv")]
+    return [r["examples"] for r in read_csv(root / "reports/evaluation/convergence/linreg.csv")]
 
 
 def test_a_new_optimizer_registered_in_one_place_runs_through_every_stage(raw_file, tmp_path, monkeypatch):
@@ -351,6 +357,9 @@ def test_train_on_the_network_prints_what_recomputes_the_run(raw_file, tmp_path)
     plain = json.loads(cli("train", "--optimizer", "rmsprop", "--json", cwd=root).stdout)  # --problem defaults to linreg
     assert plain["problem"] == "linreg" and plain["architecture"]["layers"] == [5, 1] and 0.240 < plain["final_loss"] < 0.255
     assert engine.initial_layers(dataset, 0, config.load_params(root / "params.yaml").train, "linreg")[0]["bias"] == [0.0]
+    refused = cli("train", "--problem", "mlp", "--optimizer", "sgd", "--init", "zeros", cwd=root)  # not silently ignored
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+    assert "--init applies to the linear model only" in refused.stderr and "drop --init" in refused.stderr
 
 
 def test_quadratic_takes_every_flag_and_foreign_flags_are_refused(raw_file, tmp_path):

@@ -4,8 +4,6 @@ across problems (across.py).
 
 Writes under reports/evaluation/<problem>/:
   curves.csv         family (tuned, book, defaults, framework), optimizer, seed, examples, loss, excess_loss
-  convergence.csv    examples and each optimizer's mean tuned loss (for `dvc plots`)
-  effective_lr.csv   examples and each optimizer's mean tuned effective lr (for `dvc plots`)
   coordinates.csv    family, optimizer, examples, coordinate, effective_lr (mean over seeds); on a network the
                      "coordinates" are each layer's 10%, 50% and 90% quantiles (problems.lr_columns)
   landscape.csv      optimizer, one column per hyperparameter, objective, diverged: a full grid on the study's seeds
@@ -15,7 +13,9 @@ Writes under reports/evaluation/<problem>/:
   samplers.csv       optimizer, sampler, repeat, trials, best_so_far, regret
   quadratic.csv      optimizer, step, x1, x2, f: the book's 2-D demo
   schedules.csv      family (demo, tuned), optimizer, schedule, examples, mean loss and effective lr (scheduled.py)
-(landscape to quadratic are empty for a problem without dense analyses), reports/evaluation/book_schedules.csv
+(landscape to quadratic are empty for a problem without dense analyses); for `dvc plots`, one file per problem
+in reports/evaluation/convergence/<problem>.csv and reports/evaluation/effective_lr/<problem>.csv: examples and
+each optimizer's mean tuned loss, and mean tuned effective lr; reports/evaluation/book_schedules.csv
 (the book's schedule figures), and reports/summary.json (DVC metrics):
   problems.<problem>: its floor and where it comes from, and per optimizer: settings, final loss mean and 95% CI
     (every seed, a diverged one scoring its initial loss), examples to the floor, the effective lr's fall per

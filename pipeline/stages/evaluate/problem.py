@@ -33,6 +33,7 @@ class OptimizerSummary(TypedDict):
     defaults_diverged_seeds: int
     tuned_examples_to_floor: dict  # median, seeds_reached, seeds
     tuned_examples_reached: list  # per evaluation seed, examples seen when the tuned run reached the target (None: never)
+    tuned_examples_to_target: dict  # median over the seeds that reached it, seeds_reached, seeds
     effective_lr_ratio: dict  # layer -> median coordinate's effective lr at the end over its value at the first record
     book_examples_to_floor: dict
     defaults_examples_to_floor: dict
@@ -110,12 +111,14 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
                  if problem.dense_analyses else dict(_NO_DENSE))
         known = extra.pop("best_known") or ground_truth.best_known([(best["value"], best["hyperparams"], "study")])
         reach = {f: examples_to_floor(r, floor, ev.floor_tolerance) for f, r in runs[name].items()}
+        reached = examples_to_target(tuned, goal["value"])
         summary[name] = OptimizerSummary(**{
             **{f"{family}_hyperparams": hyper for family, hyper in settings_of[name].items()},
             **{f"{family}_final_loss": mean_ci(r.final_loss, r.initial_loss) for family, r in runs[name].items()},
             **{f"{family}_diverged_seeds": int(r.diverged.sum()) for family, r in runs[name].items()},
             **{f"{family}_examples_to_floor": _reach_summary(reach[family], len(seeds)) for family in runs[name]},
-            "tuned_examples_reached": examples_to_target(runs[name]["tuned"], goal["value"]),
+            "tuned_examples_reached": reached,
+            "tuned_examples_to_target": _reach_summary(reached, len(seeds)),
             "effective_lr_ratio": lr_ratio(tuned, columns),
             "trials": len(trials),
             "diverged_trials": sum(t["diverged"] == "1" for t in trials),
@@ -143,9 +146,10 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
     examples = tuned.examples
     for name in ("curves", "coordinates", "landscape", "budget", "samplers", "quadratic"):
         write_csv(out_dir / f"{name}.csv", rows[name])
-    write_csv(out_dir / "convergence.csv", [{"examples": int(x), **{n: float(c[i]) for n, c in convergence.items()}}
+    # The DVC plots' files, one per problem in a directory per plot, so dvc.yaml names no problem.
+    write_csv(out_dir.parent / "convergence" / f"{params.problem}.csv", [{"examples": int(x), **{n: float(c[i]) for n, c in convergence.items()}}
                                              for i, x in enumerate(examples)])
-    write_csv(out_dir / "effective_lr.csv", [{"examples": int(x), **{n: float(c[i]) for n, c in eff_mean.items()}}
+    write_csv(out_dir.parent / "effective_lr" / f"{params.problem}.csv", [{"examples": int(x), **{n: float(c[i]) for n, c in eff_mean.items()}}
                                               for i, x in enumerate(examples)])
     return result
 

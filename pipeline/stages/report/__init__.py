@@ -106,7 +106,7 @@ def figure_names(r: Report) -> list:
 
 def tables(d: Inputs) -> dict:
     """section -> [(title, header, rows)] for one problem."""
-    made = {"Results": [("", *findings.results_table(d))],
+    made = {"Results": [(f"Target: {d.summary['target']['rule']}", *findings.results_table(d))],
             "Comparisons": [("Paired comparisons on the evaluation seeds (negative: the first is better)",
                              *findings.comparison_table(d))]}
     if d.dense:
