@@ -11,7 +11,6 @@ seed fixes the initial weights and every epoch's permutation. Configurations tha
 the same batches (common random numbers), which makes comparisons between hyperparameters fairer.
 """
 import functools
-import hashlib
 import math
 from typing import NamedTuple
 
@@ -220,7 +219,7 @@ def train(
     if model.hidden:
         theta, losses, eff_lr = network.compiled(optimizer, sizes, model.activation)(
             tf.constant(dataset.features), tf.constant(dataset.target), *loop)
-        start = _network_start(dataset, unique_seeds, sizes, model.activation)[seed_index]
+        start = network.starting_loss(dataset.features, dataset.target, unique_seeds, sizes, model.activation)[seed_index]
     else:
         xs = np.concatenate([dataset.features, np.ones((n_rows, 1), np.float32)], axis=1)
         gram = gram_matrix(dataset)
@@ -270,24 +269,8 @@ def initial_loss(dataset: Dataset, seeds, protocol: TrainParams, problem: str) -
     n_rows, n_features = dataset.features.shape
     sizes, model = problems.layer_sizes(problem, n_features), problems.get(problem)
     if model.hidden:
-        return _network_start(dataset, seeds, sizes, model.activation)
+        return network.starting_loss(dataset.features, dataset.target, seeds, sizes, model.activation)
     return _loss(gram_matrix(dataset), np.stack([seed_stream(int(s), n_rows, n_features, protocol)[0] for s in seeds]))
-
-
-_START_LOSS = {}  # (data digest, seed, sizes, activation) -> the network's float64 loss at the start
-
-
-def _network_start(dataset: Dataset, seeds, sizes: tuple, activation: str) -> np.ndarray:
-    """(len(seeds),) a network's float64 loss at its seeds' initial parameters, each computed once
-    per process: a study's trials reuse the same few seeds, and it cost 20 ms of a 150 ms trial."""
-    digest = hashlib.sha1(dataset.features.tobytes() + dataset.target.tobytes()).digest()
-    keys = [(digest, int(s), sizes, activation) for s in seeds]
-    todo = sorted({k[1] for k in keys if k not in _START_LOSS})
-    if todo:
-        theta0 = np.stack([network.initial_params(s, sizes) for s in todo])
-        for seed, loss in zip(todo, network.numpy_loss(dataset.features, dataset.target, theta0, sizes, activation)):
-            _START_LOSS[(digest, seed, sizes, activation)] = loss
-    return np.array([_START_LOSS[k] for k in keys])
 
 
 def gram_matrix(dataset: Dataset) -> np.ndarray:
