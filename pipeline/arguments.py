@@ -75,7 +75,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="fixes the initial weights and the shuffles (default: 0)")
     p.add_argument("--batch-size", type=_positive_int, help="default: train.batch_size")
     p.add_argument("--epochs", type=_positive_int, help="default: train.epochs")
-    p.add_argument("--init", choices=["normal", "zeros"], help="the linear model's initial weights (default: train.init); a network is always Glorot-initialised")
+    p.add_argument("--init", choices=["normal", "zeros"],
+                   help="the linear model's initial weights (default: train.init); a network is always Glorot-initialised")
     for setting in RUN_SETTINGS.values():  # the schedule's settings as a study searches them
         p.add_argument("--" + setting.name, type=_unit_interval, help=f"{setting.description}, for a schedule "
                        f"that reads it (default: {setting.default:g})")

@@ -18,8 +18,8 @@ in reports/evaluation/convergence/<problem>.csv and reports/evaluation/effective
 each optimizer's mean tuned loss, and mean tuned effective lr; reports/evaluation/book_schedules.csv
 (the book's schedule figures), and reports/summary.json (DVC metrics):
   problems.<problem>: its floor and where it comes from, and per optimizer: settings, final loss mean and 95% CI
-    (every seed, a diverged one scoring its initial loss), examples to the floor, the effective lr's fall per
-    layer, trials, regret, Keras difference, random search and the samplers; `comparisons`: the paired tests;
+    (every seed, a diverged one scoring its initial loss), examples to the floor and to the target, the effective
+    lr's fall per layer, trials, regret, Keras difference, random search and the samplers; `comparisons`: the paired tests;
     `adagrad_vs_rmsprop`: the seed's claim, tuned and at the book's settings; `schedules`: the cosine demo
     and each schedule's tuned study against tuned constant (scheduled.py).
   across: per problem and optimizer the tuned excess loss and rank, and the performance profile.

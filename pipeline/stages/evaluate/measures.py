@@ -36,8 +36,7 @@ def examples_to_target(result: engine.TrainResult, value: float) -> list:
 
 def examples_to_floor(result: engine.TrainResult, floor: float, tolerance: float) -> list:
     """Per run, the examples seen when the loss first came within `tolerance` of the floor (None: never)."""
-    reached = result.losses <= (1 + tolerance) * floor
-    return [int(result.examples[np.argmax(r)]) if r.any() else None for r in reached]
+    return examples_to_target(result, (1 + tolerance) * floor)
 
 
 def mean_ci(values: np.ndarray, penalty) -> FinalLoss:

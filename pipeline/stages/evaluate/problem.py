@@ -147,10 +147,9 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
     for name in ("curves", "coordinates", "landscape", "budget", "samplers", "quadratic"):
         write_csv(out_dir / f"{name}.csv", rows[name])
     # The DVC plots' files, one per problem in a directory per plot, so dvc.yaml names no problem.
-    write_csv(out_dir.parent / "convergence" / f"{params.problem}.csv", [{"examples": int(x), **{n: float(c[i]) for n, c in convergence.items()}}
-                                             for i, x in enumerate(examples)])
-    write_csv(out_dir.parent / "effective_lr" / f"{params.problem}.csv", [{"examples": int(x), **{n: float(c[i]) for n, c in eff_mean.items()}}
-                                              for i, x in enumerate(examples)])
+    for plot, means in (("convergence", convergence), ("effective_lr", eff_mean)):
+        write_csv(out_dir.parent / plot / f"{params.problem}.csv",
+                  [{"examples": int(x), **{n: float(c[i]) for n, c in means.items()}} for i, x in enumerate(examples)])
     return result
 
 
