@@ -129,9 +129,10 @@ def check_mirrored(runs, s):
 
 
 def helpers_of(proc) -> list:
-    """The helper workers a `study --workers N` process started: counted in its own tree only."""
+    """The helper workers a `study --workers N` process started: its children only, since a
+    helper's own child caught between fork and exec shows the helper's command line for a moment."""
     try:
-        return [p for p in psutil.Process(proc.pid).children(recursive=True) if p.cmdline()[-1:] == ["--worker"]]
+        return [p for p in psutil.Process(proc.pid).children() if p.cmdline()[-1:] == ["--worker"]]
     except psutil.Error:  # it (or a child) is exiting
         return []
 

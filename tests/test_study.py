@@ -386,3 +386,37 @@ def test_an_interrupted_trial_is_failed_handed_to_the_sink_and_the_sink_aborts(p
         study.run_study(opened, "sgd", p, dataset, store, sink)
     assert [state for _, state in sink.finished] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]
     assert opened.get_trials()[2].user_attrs["failure"] == "interrupted" and sink.aborted == 1
+
+
+def test_a_ctrl_c_the_moment_a_trial_is_told_still_hands_it_to_the_sink(params, dataset, tmp_path):
+    """A real SIGINT right after Optuna has the trial and before the sink does: the sink still gets
+    it (else its MLflow run would be missing until a rerun), then the study stops."""
+    import os
+    import signal
+
+    from pipeline import cli as command_line
+
+    p = with_study(params, n_trials=4, seeds_per_trial=1)
+    store = storage_mod.open_storage("journal", p.study, tmp_path)
+    opened, _ = study.open_study("sgd", p, dataset, store)
+    real_tell = opened.tell
+
+    def tell_then_ctrl_c(trial, *args, **kwargs):
+        frozen = real_tell(trial, *args, **kwargs)
+        if trial.number == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler at its next bytecode: here
+        return frozen
+
+    opened.tell = tell_then_ctrl_c
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    command_line.install_signal_handlers()  # as `python -m pipeline` does
+    sink = RecordingSink()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            study.run_study(opened, "sgd", p, dataset, store, sink)
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+    told = [(t.number, t.state) for t in opened.get_trials() if t.state != TrialState.RUNNING]
+    assert [number for number, _ in told] == [0, 1] and told[1][1] == TrialState.COMPLETE
+    assert sink.finished == told and sink.aborted == 1  # no trial told that the sink has not

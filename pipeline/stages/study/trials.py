@@ -84,13 +84,14 @@ def owned_trial(study: optuna.Study, store, sink):
             log.warning("trial %d was failed as abandoned while this worker was unresponsive", trial.number)
             return
         interrupted = isinstance(e, KeyboardInterrupt)
-        try:
-            trial.set_user_attr(storage.FAILURE, (Failure.INTERRUPTED if interrupted else Failure.ERROR).value)
-            trial.set_user_attr(storage.REASON, INTERRUPTED if interrupted else f"error: {type(e).__name__}: {e}")
-            frozen = study.tell(trial, state=TrialState.FAIL)
-        except Exception:  # the storage itself may be what failed; the next worker cleans up
-            raise e from None
-        sink.on_finished(study, frozen)
+        with interrupts_deferred():  # told and handed on as one step (see _turn)
+            try:
+                trial.set_user_attr(storage.FAILURE, (Failure.INTERRUPTED if interrupted else Failure.ERROR).value)
+                trial.set_user_attr(storage.REASON, INTERRUPTED if interrupted else f"error: {type(e).__name__}: {e}")
+                frozen = study.tell(trial, state=TrialState.FAIL)
+            except Exception:  # the storage itself may be what failed; the next worker cleans up
+                raise e from None
+            sink.on_finished(study, frozen)
         raise
 
 
@@ -147,9 +148,12 @@ def _turn(study, optimizer, params, dataset, store, sink, timings: list, target:
         t1 = time.perf_counter()
         result = search.evaluate_trial(hyper, optimizer, params, dataset)
         t2 = time.perf_counter()
-        frozen = tell(study, trial, result, t2 - t0)
-        t3 = time.perf_counter()
-        sink.on_finished(study, frozen)
+        # A Ctrl-C between the tell and the sink would leave a finished trial that no run mirrors
+        # until the next rerun: told and handed on as one step, the interrupt comes after both.
+        with interrupts_deferred():
+            frozen = tell(study, trial, result, t2 - t0)
+            t3 = time.perf_counter()
+            sink.on_finished(study, frozen)
         t4 = time.perf_counter()
         timings.append({"number": trial.number, "train": t2 - t1, "optuna": (t1 - t0) + (t3 - t2),
                         "mlflow": t4 - t3, "total": t4 - t0})
