@@ -108,3 +108,17 @@ def test_registry_names_the_columns_and_the_layers(dataset):
     assert len(problems.lr_columns("mlp", 5)) == 9 and problems.lr_columns("linreg", 5)[-1] == "b"
     with pytest.raises(Exception, match="unknown problem 'cnn': choose one of linreg, mlp"):
         problems.get("cnn")
+
+
+def test_the_cached_starting_loss_keeps_datasets_and_seeds_apart(dataset):
+    """network.starting_loss caches per process: three datasets in one process (another target, fewer
+    rows), each asked twice and with a seed repeated, each get this file's own float64 loss."""
+    X, y = dataset.features, dataset.target
+    cases = [(X, y), (X, y[::-1].copy()), (X[:700], y[:700])]
+    for features, target in cases * 2:  # the second pass reads the cache
+        got = network.starting_loss(features, target, [0, 3, 0], SIZES, "tanh")
+        want = [numpy_loss(network.initial_params(s, SIZES).astype(np.float64), features.astype(np.float64),
+                           target.astype(np.float64)) for s in (0, 3, 0)]
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    firsts = [network.starting_loss(f, t, [0], SIZES, "tanh")[0] for f, t in cases]
+    assert len(set(firsts)) == 3  # three different numbers: no dataset was served another's

@@ -4,6 +4,7 @@ Each scenario checks that the stages' outputs are complete and finite."""
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -127,8 +128,17 @@ def check_complete_and_finite(params: config.Params, root, captions: dict) -> di
     everything = json.loads(text)
     assert list(everything["problems"]) == params.study.problems
     n = len(params.study.optimizers)
+    page = (root / "reports/report.html").read_text()
     for p, summary in everything["problems"].items():
         dense = problems.get(p).dense_analyses
+        # The results table as a reader sees it: its examples-to-target cell recomputed from the per-seed list.
+        table = page.split(f"{problems.get(p).label}: Results</h2>", 1)[1].split("</table>", 1)[0]
+        cells = {row[0]: row[5] for row in (re.findall(r"<td>(.*?)</td>", r) for r in table.split("<tr>")[2:])}
+        for o in params.study.optimizers:
+            hits = [x for x in summary["optimizers"][o]["tuned_examples_reached"] if x is not None]
+            seeds = params.evaluate.seeds
+            assert cells[optimizers.get(o).label] == (f"{np.median(hits):.0f} ({len(hits)}/{seeds} seeds)" if hits
+                                                      else f"never (0/{seeds})")
         assert list(summary["optimizers"]) == params.study.optimizers
         for o in params.study.optimizers:
             names = optimizers.get(o).hyperparams
@@ -167,7 +177,6 @@ def check_complete_and_finite(params: config.Params, root, captions: dict) -> di
     assert set(across["excess"]) == set(params.study.problems)
     for o, prof in across["performance_profile"]["optimizers"].items():
         assert 0 <= prof["area"] <= 1 and prof["runs"] == len(params.study.problems) * params.evaluate.seeds
-    page = (root / "reports/report.html").read_text()
     for name in captions:
         assert f"<figure id='{name}'><img" in page and (root / f"reports/figures/{name}.png").stat().st_size > 10_000
     assert (root / "reports/report.pdf").stat().st_size > 50_000
