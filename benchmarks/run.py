@@ -100,9 +100,7 @@ def bench_samplers(ds, params, optimizer_names):
 
 def bench_pipeline(quick: bool, repeats: int):
     """Cold `dvc repro` in fresh clones (median of `repeats`), a no-op rerun, and each stage alone."""
-    env = {**os.environ, "CI": "true", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("OPTUNA_STORAGE", None)
+    env = _repro_env()
 
     def shrink(raw):
         if quick:
