@@ -128,7 +128,7 @@ def check_complete_and_finite(params: config.Params, root, captions: dict) -> di
     everything = json.loads(text)
     assert list(everything["problems"]) == params.study.problems
     n = len(params.study.optimizers)
-    page = (root / "reports/report.html").read_text()
+    page, seeds = (root / "reports/report.html").read_text(), params.evaluate.seeds
     for p, summary in everything["problems"].items():
         dense = problems.get(p).dense_analyses
         # The results table as a reader sees it: its examples-to-target cell recomputed from the per-seed list.
@@ -136,7 +136,6 @@ def check_complete_and_finite(params: config.Params, root, captions: dict) -> di
         cells = {row[0]: row[5] for row in (re.findall(r"<td>(.*?)</td>", r) for r in table.split("<tr>")[2:])}
         for o in params.study.optimizers:
             hits = [x for x in summary["optimizers"][o]["tuned_examples_reached"] if x is not None]
-            seeds = params.evaluate.seeds
             assert cells[optimizers.get(o).label] == (f"{np.median(hits):.0f} ({len(hits)}/{seeds} seeds)" if hits
                                                       else f"never (0/{seeds})")
         assert list(summary["optimizers"]) == params.study.optimizers

@@ -205,8 +205,8 @@ def results_table(d) -> tuple:
         s = d.opt[o]
         # The target, not the floor: a best known floor is one run's luck that tuned runs never reach.
         reach = s["tuned_examples_to_target"]
-        steps = f"{reach['median']:.0f} ({reach['seeds_reached']}/{reach['seeds']} seeds)" if reach["median"] is not None else \
-            f"never ({reach['seeds_reached']}/{reach['seeds']})"
+        reached = f"{reach['seeds_reached']}/{reach['seeds']}"
+        steps = f"{reach['median']:.0f} ({reached} seeds)" if reach["median"] is not None else f"never ({reached})"
         rows.append([label(o), fmt_hyper(s["book_hyperparams"]), fmt_hyper(s["tuned_hyperparams"]),
                      fmt_loss(s["book_final_loss"]),
                      fmt_loss(s["tuned_final_loss"]),

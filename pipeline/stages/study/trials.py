@@ -89,7 +89,9 @@ def owned_trial(study: optuna.Study, store, sink):
                 trial.set_user_attr(storage.FAILURE, (Failure.INTERRUPTED if interrupted else Failure.ERROR).value)
                 trial.set_user_attr(storage.REASON, INTERRUPTED if interrupted else f"error: {type(e).__name__}: {e}")
                 frozen = study.tell(trial, state=TrialState.FAIL)
-            except Exception:  # the storage itself may be what failed; the next worker cleans up
+            # The storage itself may be what failed (the next worker cleans up), or the trial was
+            # told already and the interrupt held over its tell lands here: either way, e goes on.
+            except Exception:
                 raise e from None
             sink.on_finished(study, frozen)
         raise
