@@ -61,7 +61,7 @@ def _schedule_settings(args) -> dict:
 def cmd_train(args, params: config.Params) -> None:
     import dataclasses
 
-    from pipeline.core import engine, problems
+    from pipeline.core import engine, problems, randomness
 
     if args.init is not None and problems.get(args.problem).hidden:
         raise PipelineError(f"--init applies to the linear model only: the {args.problem} network always starts from "
@@ -78,7 +78,7 @@ def cmd_train(args, params: config.Params) -> None:
         print(json.dumps({
             "problem": args.problem,
             "architecture": problems.architecture(args.problem, dataset.features.shape[1]),
-            "initial_parameters": engine.initial_layers(dataset, args.seed, protocol, args.problem),
+            "initial_parameters": randomness.initial_layers(dataset, args.seed, protocol, args.problem),
             "protocol": dataclasses.asdict(protocol),
             "optimizer": args.optimizer,
             "hyperparameters": hyper,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.core import engine, optimizers, pieces, quadratic, reference
+from pipeline.core import engine, optimizers, pieces, quadratic, randomness, reference
 
 ALL = sorted(optimizers.OPTIMIZERS)
 WITH_KERAS = [name for name in ALL if optimizers.get(name).keras is not None]
@@ -62,7 +62,7 @@ def test_engine_follows_the_book_formula_step_by_step_on_the_airfoil_data(name, 
     small = dataset._replace(features=dataset.features[:200], target=dataset.target[:200])
     hyper = optimizers.get(name).book
     ours = engine.train(small, name, hyper, [3], protocol)
-    theta0, batches = engine.seed_stream(3, 200, 5, protocol)
+    theta0, batches = randomness.seed_stream(3, 200, 5, protocol)
     X = np.concatenate([small.features, np.ones((200, 1))], axis=1).astype(np.float64)
     y = small.target.astype(np.float64)
     theta, state, losses, effs = theta0.astype(np.float64), {}, [], []

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipeline.core import engine, network, optimizers, problems, schedules
+from pipeline.core import engine, network, optimizers, problems, randomness, schedules
 from test_network import numpy_loss, numpy_network
 from test_optimizers import ALL, numpy_step
 from test_schedules import CosineScheduler, MultiFactorScheduler
@@ -42,7 +42,7 @@ def test_linear_model_under_a_schedule_follows_float64(name, schedule, dataset, 
     small = dataset._replace(features=dataset.features[:200], target=dataset.target[:200])
     hyper = optimizers.get(name).book
     ours = engine.train(small, name, {**hyper, **SETTINGS[schedule]}, [3], protocol, schedule=schedule)
-    theta0, batches = engine.seed_stream(3, 200, 5, protocol)
+    theta0, batches = randomness.seed_stream(3, 200, 5, protocol)
     X = np.concatenate([small.features, np.ones((200, 1))], axis=1).astype(np.float64)
     y = small.target.astype(np.float64)
     factors = book_factors(schedule, 40)
@@ -68,7 +68,7 @@ def test_network_under_warmup_cosine_follows_float64(name, dataset, params):
     theta = network.initial_params(7, sizes).astype(np.float64)
     X, y = small.features.astype(np.float64), small.target.astype(np.float64)
     factors, state, losses = book_factors("warmup_cosine", 100), {}, []
-    for t, rows_t in enumerate(engine.batch_order(7, rows, protocol).reshape(-1, batch), start=1):
+    for t, rows_t in enumerate(randomness.batch_order(7, rows, protocol).reshape(-1, batch), start=1):
         theta, _ = scheduled_step(name, theta, numpy_network(theta, X, y, rows_t), state, hyper, t, factors[t - 1])
         losses.append(numpy_loss(theta, X, y))
     np.testing.assert_allclose(ours.losses[0], losses, rtol=1e-5)

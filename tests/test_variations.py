@@ -350,7 +350,7 @@ def test_train_takes_a_flag_per_hyperparameter_with_book_defaults(args, expected
 def test_train_on_the_network_prints_what_recomputes_the_run(raw_file, tmp_path):
     """`train --problem mlp --json`: the architecture, the protocol, and the initial parameters layer by
     layer; from them (and the seed's batches) a float64 NumPy forward pass gives the printed start."""
-    from pipeline.core import engine, network
+    from pipeline.core import network, randomness
     root = prepared_project(tmp_path / "project", raw_file)
     result = cli("train", "--problem", "mlp", "--optimizer", "rmsprop", "--seed", "3", "--epochs", "1", "--json", cwd=root)
     assert result.returncode == 0, result.stderr
@@ -367,7 +367,7 @@ def test_train_on_the_network_prints_what_recomputes_the_run(raw_file, tmp_path)
     assert out["losses"][0] < start  # it trained from that start
     plain = json.loads(cli("train", "--optimizer", "rmsprop", "--json", cwd=root).stdout)  # --problem defaults to linreg
     assert plain["problem"] == "linreg" and plain["architecture"]["layers"] == [5, 1] and 0.240 < plain["final_loss"] < 0.255
-    assert engine.initial_layers(dataset, 0, config.load_params(root / "params.yaml").train, "linreg")[0]["bias"] == [0.0]
+    assert randomness.initial_layers(dataset, 0, config.load_params(root / "params.yaml").train, "linreg")[0]["bias"] == [0.0]
     refused = cli("train", "--problem", "mlp", "--optimizer", "sgd", "--init", "zeros", cwd=root)  # not silently ignored
     assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
     assert "--init applies to the linear model only" in refused.stderr and "drop --init" in refused.stderr

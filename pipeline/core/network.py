@@ -6,7 +6,7 @@ runs on them unchanged. The forward and backward passes are written out (batched
 rows never mix): what the float64 check in the tests recomputes by hand.
 XLA computes a batched matmul the same way for every K of 2 or more, but a batch of one by another
 kernel, so the engine never runs a network with K = 1 (it pads to 2): one batched call equals K
-single calls bit for bit. Any other K runs as it is: a trial's K = 3 padded to 4 cost a quarter more.
+single calls bit for bit. The engine splits K into one call per core (engine._chunk_size).
 The loss over all rows and each layer's effective-learning-rate quantiles are taken once per
 record, not per step.
 """

@@ -10,7 +10,8 @@ import numpy as np
 from pipeline.core import optimizers
 from pipeline.core.config import TrainParams
 from pipeline.core.data import Dataset
-from pipeline.core.engine import TrainResult, seed_stream
+from pipeline.core.engine import TrainResult
+from pipeline.core.randomness import seed_stream
 from pipeline.core.tfimport import tf
 
 
