@@ -82,7 +82,7 @@ tf.get_logger().setLevel("ERROR")
 
 # A network's loop runs on one core whatever K is (a second intra-op thread only spins), so its
 # rows train in one chunk per core, concurrently: a trial's 3 seeds as 2 + 1 took 115 ms, not 160.
-_CORES = len(os.sched_getaffinity(0))
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # not on macOS
 _POOL = ThreadPoolExecutor(max(1, _CORES - 1), thread_name_prefix="engine")
 _RUN_SHAPES = set()  # (compiled loop, rows per call, batches and schedule shapes) already run once
 
