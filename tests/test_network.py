@@ -70,7 +70,7 @@ def test_network_follows_float64_numpy_for_100_steps(name, batch, dataset, param
 def test_network_batched_call_equals_single_calls(name, dataset, params):
     """Rows never mix: five configurations (two sharing a seed) in one call equal five calls, bit
     for bit, loss, parameters and effective lr; a shared seed means the same start and batches. On
-    this 2-core machine the five train as two concurrent compiled calls of three rows (one padded)."""
+    a 2-core machine the five train as two concurrent compiled calls of three rows (one padded)."""
     protocol = dataclasses.replace(problems.protocol("mlp", params.train), epochs=2)
     opt = optimizers.get(name)
     hyper = {h: np.array([v * f for f in (0.5, 1.0, 1.0, 2.0, 0.5)]) if h == "lr" else np.array([v, v, v ** 2, v, v ** 2])
