@@ -85,6 +85,25 @@ def test_network_batched_call_equals_single_calls(name, dataset, params):
     assert batched.initial_loss[1] == batched.initial_loss[2] != batched.initial_loss[0]
 
 
+def test_optimizers_side_by_side_equal_their_own_calls(dataset, params):
+    """evaluate trains a network's optimizers side by side (engine.train_optimizers): each result
+    equals its optimizer's call on its own, bit for bit, and comes back under its own name; the
+    linear model's path gives the same as its own calls too."""
+    groups = {name: [(params.book[name], [3, 5]), ({**params.book[name], "lr": params.book[name].get("lr", 1.0) / 2}, [5])]
+              for name in ("sgd", "adagrad", "rmsprop")}
+    for problem in ("mlp", "linreg"):
+        protocol = dataclasses.replace(problems.protocol(problem, params.train), epochs=1)
+        together = engine.train_optimizers(dataset, groups, protocol, problem)
+        assert list(together) == list(groups)
+        for name, group in groups.items():
+            alone = engine.train_groups(dataset, name, group, protocol, problem)
+            for ours, theirs in zip(together[name], alone, strict=True):
+                np.testing.assert_array_equal(ours.losses, theirs.losses)
+                np.testing.assert_array_equal(ours.params, theirs.params)
+                np.testing.assert_array_equal(ours.effective_lr, theirs.effective_lr)
+        assert together["sgd"][0].losses[0, -1] != together["rmsprop"][0].losses[0, -1]
+
+
 def test_network_protocol_keeps_every_book_setting_improving(dataset, params):
     """The premise of the problem (README, "The problems"): at the end of the registry's protocol the
     model still needs updates (every book setting's mean loss falls over the last fifth of training,

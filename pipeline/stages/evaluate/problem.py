@@ -62,7 +62,7 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
     problem, ev = problems.get(params.problem), params.evaluate
     seeds = np.arange(ev.first_seed, ev.first_seed + ev.seeds)
     rows = {name: [] for name in ("curves", "coordinates", "landscape", "budget", "samplers", "quadratic")}
-    studies, settings_of, runs, dense, scheduled_runs = {}, {}, {}, {}, {}
+    studies, settings_of, runs, dense, scheduled_runs, jobs = {}, {}, {}, {}, {}, {}
     for name in params.study.optimizers:  # one batched engine call per optimizer, schedules included
         opt = optimizers.get(name)
         studies[name] = best, trials = read_study(params.problem, name, studies_dir)
@@ -74,11 +74,16 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
             points, grid_hyper, grid_seeds = landscape.landscape_grid(name, params)
             groups += [(grid_hyper, grid_seeds), ground_truth.with_seeds(ground_truth.uniform_draws(name, params), params)]
         with_schedules = scheduled.groups(name, params, studies_dir, seeds)
-        trained = engine.train_groups(dataset, name, groups + list(with_schedules.values()), params.train, params.problem)
-        runs[name] = dict(zip(settings, trained))
-        dense[name] = (points, *trained[3:len(groups)]) if problem.dense_analyses else None
+        jobs[name] = (groups + list(with_schedules.values()), len(groups), with_schedules,
+                      points if problem.dense_analyses else None)
+    trained_by = engine.train_optimizers(dataset, {name: job[0] for name, job in jobs.items()}, params.train,
+                                         params.problem)
+    for name, (_, n_groups, with_schedules, points) in jobs.items():
+        trained = trained_by[name]
+        runs[name] = dict(zip(settings_of[name], trained))
+        dense[name] = (points, *trained[3:n_groups]) if problem.dense_analyses else None
         scheduled_runs[name] = {key: (group[0], result) for (key, group), result
-                                in zip(with_schedules.items(), trained[len(groups):])}
+                                in zip(with_schedules.items(), trained[n_groups:])}
     floor = dataset.stats["least_squares"]["loss"] if problem.floor == "least_squares" else float(min(
         [np.nanmin(r.losses) for family in runs.values() for r in family.values()]
         + [np.nanmin(r.losses) for family in scheduled_runs.values() for _, r in family.values()]
