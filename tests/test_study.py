@@ -39,6 +39,8 @@ def run(optimizer, params, dataset, root, storage="journal", summary=False):
         outcome = study_outputs.write_outputs(result, optimizer, params, root / optimizer, timings)
         if summary:
             study_outputs.log_study_summary(tracker, parent, result, optimizer, outcome, params)
+    # The MLflow process, gone now, folded SQLite's WAL back into the store's one file as it left.
+    assert not (root / "mlflow.db-wal").exists()
     return result, MlflowClient(f"sqlite:///{root}/mlflow.db"), parent, outcome
 
 
