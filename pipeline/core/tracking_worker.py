@@ -62,8 +62,13 @@ def _quick_exit() -> None:
     """Close the SQLite connections (the last close folds the WAL back into the store's one file),
     then keep the interpreter's final garbage collection off MLflow's heap: it took 2 s of every
     stage's end, which waits for this process to exit."""
+    import sqlite3
+
     for connection in _sqlite_connections:
-        connection.close()
+        try:
+            connection.close()
+        except sqlite3.Error:  # a store that failed (a full disk): SQLite reads its WAL beside it next time
+            pass
     gc.freeze()
 
 
