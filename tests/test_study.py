@@ -101,8 +101,8 @@ def test_trials_are_logged_to_mlflow_under_one_parent(params, dataset, tmp_path)
 
 
 def test_the_mlflow_process_leaves_its_sqlite_store_in_one_file(tmp_path):
-    """The MLflow process skips the interpreter's slow teardown at exit, but first closes its SQLite
-    connections: with no other connection open, the WAL is folded back into mlflow.db, which
+    """The MLflow process keeps the interpreter's final garbage collection off its heap at exit, but
+    first closes its SQLite connections: with no other connection open, the WAL is folded back into mlflow.db, which
     holds every run on its own."""
     db = tmp_path / "mlflow.db"
     with tracking.Tracker(f"sqlite:///{db}", "test") as tracker:

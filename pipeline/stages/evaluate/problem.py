@@ -62,7 +62,8 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
     problem, ev = problems.get(params.problem), params.evaluate
     seeds = np.arange(ev.first_seed, ev.first_seed + ev.seeds)
     rows = {name: [] for name in ("curves", "coordinates", "landscape", "budget", "samplers", "quadratic")}
-    studies, settings_of, runs, dense, scheduled_runs, jobs = {}, {}, {}, {}, {}, {}
+    studies, settings_of, runs, dense, scheduled_runs = {}, {}, {}, {}, {}
+    groups_of, parts_of = {}, {}  # optimizer -> its engine groups; -> (own groups, schedule groups, grid points)
     for name in params.study.optimizers:  # one batched engine call per optimizer, schedules included
         opt = optimizers.get(name)
         studies[name] = best, trials = read_study(params.problem, name, studies_dir)
@@ -74,11 +75,10 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
             points, grid_hyper, grid_seeds = landscape.landscape_grid(name, params)
             groups += [(grid_hyper, grid_seeds), ground_truth.with_seeds(ground_truth.uniform_draws(name, params), params)]
         with_schedules = scheduled.groups(name, params, studies_dir, seeds)
-        jobs[name] = (groups + list(with_schedules.values()), len(groups), with_schedules,
-                      points if problem.dense_analyses else None)
-    trained_by = engine.train_optimizers(dataset, {name: job[0] for name, job in jobs.items()}, params.train,
-                                         params.problem)
-    for name, (_, n_groups, with_schedules, points) in jobs.items():
+        groups_of[name] = groups + list(with_schedules.values())
+        parts_of[name] = (len(groups), with_schedules, points if problem.dense_analyses else None)
+    trained_by = engine.train_optimizers(dataset, groups_of, params.train, params.problem)
+    for name, (n_groups, with_schedules, points) in parts_of.items():
         trained = trained_by[name]
         runs[name] = dict(zip(settings_of[name], trained))
         dense[name] = (points, *trained[3:n_groups]) if problem.dense_analyses else None
