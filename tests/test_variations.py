@@ -2,6 +2,7 @@
 report (the stage functions the commands call, in this one TensorFlow process), with tiny budgets.
 Each scenario checks that the stages' outputs are complete and finite."""
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -206,6 +207,40 @@ def test_scenario_runs_through_every_stage(scenario, raw_file, tmp_path):
         import optuna
         assert len(optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/studies.db")) == 3 * 2  # x problems
         assert list(map(int, summary_examples(tmp_path))) == [700, 1000]  # batch 7, record every 100, 1 epoch
+        check_each_problem_alone(params, dataset, tmp_path)
+
+
+def check_each_problem_alone(params: config.Params, dataset: data.Dataset, root) -> None:
+    """evaluate runs the problems side by side (threads): each problem evaluated on its own gives
+    the same summary and the same CSVs, byte for byte."""
+    together = json.loads((root / "reports/summary.json").read_text())["problems"]
+    assert len(together) == 2
+    for p in params.study.problems:
+        alone = dataclasses.replace(params, study=dataclasses.replace(params.study, problems=[p]))
+        out = root / f"alone-{p}"
+        evaluate.evaluate(dataset, alone, root / "studies", out / "evaluation", out / "summary.json")
+        assert json.loads((out / "summary.json").read_text())["problems"][p] == together[p]
+        for csv_file in sorted((root / "reports/evaluation" / p).glob("*.csv")):
+            assert (out / "evaluation" / p / csv_file.name).read_bytes() == csv_file.read_bytes(), csv_file.name
+
+
+def test_evaluate_side_by_side_keeps_order_and_raises_a_problems_error():
+    """The problems come back in params order; an error in a problem evaluated beside the first
+    reaches the caller (it is not lost in its thread)."""
+    import threading
+
+    main = threading.current_thread()
+    ran = evaluate.side_by_side(lambda name: (name, threading.current_thread() is main), ["linreg", "mlp", "third"])
+    assert list(ran) == ["linreg", "mlp", "third"]
+    assert ran["linreg"] == ("linreg", True) and ran["mlp"] == ("mlp", False) and ran["third"] == ("third", False)
+
+    def fails_beside(name):
+        if name == "mlp":
+            raise ValueError("mlp: no studies")
+        return name
+
+    with pytest.raises(ValueError, match="mlp: no studies"):
+        evaluate.side_by_side(fails_beside, ["linreg", "mlp"])
 
 
 def check_schedules(params: config.Params, dataset: data.Dataset, root) -> None:

@@ -16,6 +16,7 @@ worker is written again from it (see stages/study/mirror.py).
 """
 import multiprocessing
 import os
+import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ProcessPoolExecutor
@@ -66,6 +67,7 @@ class Tracker:
         self._pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), worker.start,
                                          (tracking_uri, experiment, os.getpid()))
         self._hello = self._pool.submit(worker.hello)
+        self._lock = threading.Lock()  # for callers in several threads (evaluate's problems)
         self._sent = []  # (trial number, future) of trial runs not yet known to be written
         self.seconds = {}  # trial number -> seconds MLflow took to log it
 
@@ -90,11 +92,12 @@ class Tracker:
                 self.seconds[number] = seconds
 
     def _call(self, function, *args, **kwargs):
-        self.ready()
-        self._written()
-        result = self._result(self._pool.submit(function, *args, **kwargs))
-        self._written()  # the one worker wrote every earlier run first
-        return result
+        with self._lock:
+            self.ready()
+            self._written()
+            result = self._result(self._pool.submit(function, *args, **kwargs))
+            self._written()  # the one worker wrote every earlier run first
+            return result
 
     def ready(self) -> None:
         self._result(self._hello)
@@ -134,14 +137,15 @@ class Tracker:
         """Send one trial's run to its study's trials experiment (`group`, paths.study_label) without
         waiting: params, scalar metrics, curves as {name: (steps, values)}; raises if an earlier run
         could not be written."""
-        self.ready()
-        self._written()
         points = [(k, float(v), end_ms, 0) for k, v in metrics.items()]
         for name, (steps, values) in curves.items():
             points += [(name, float(v), end_ms, int(s)) for s, v in zip(steps, values)]
         tags = {**tags, PARENT: parent_id, "run_type": "trial", "trial_number": str(number)}
-        self._sent.append((number, self._pool.submit(
-            worker.trial, number, group, tags, points, {k: str(v) for k, v in params.items()}, status, start_ms, end_ms)))
+        with self._lock:
+            self.ready()
+            self._written()
+            self._sent.append((number, self._pool.submit(worker.trial, number, group, tags, points,
+                                                         {k: str(v) for k, v in params.items()}, status, start_ms, end_ms)))
 
     def claim(self, parent_id: str, key: str, worker_name: str) -> str:
         """Write-once param `key` = worker on the study's run; returns who holds it (MLflow refuses
