@@ -104,6 +104,26 @@ def test_optimizers_side_by_side_equal_their_own_calls(dataset, params):
         assert together["sgd"][0].losses[0, -1] != together["rmsprop"][0].losses[0, -1]
 
 
+def test_side_by_side_keeps_order_and_raises_an_error_from_beside():
+    """engine.side_by_side (evaluate's problems, a network's optimizers): results come back in the
+    given order, the first computed in the calling thread; an error in one computed beside the
+    first reaches the caller (it is not lost in its thread)."""
+    import threading
+
+    main = threading.current_thread()
+    ran = engine.side_by_side(lambda name: (name, threading.current_thread() is main), ["linreg", "mlp", "third"])
+    assert list(ran) == ["linreg", "mlp", "third"]
+    assert ran["linreg"] == ("linreg", True) and ran["mlp"] == ("mlp", False) and ran["third"] == ("third", False)
+
+    def fails_beside(name):
+        if name == "mlp":
+            raise ValueError("mlp: no studies")
+        return name
+
+    with pytest.raises(ValueError, match="mlp: no studies"):
+        engine.side_by_side(fails_beside, ["linreg", "mlp"])
+
+
 def test_network_protocol_keeps_every_book_setting_improving(dataset, params):
     """The premise of the problem (README, "The problems"): at the end of the registry's protocol the
     model still needs updates (every book setting's mean loss falls over the last fifth of training,

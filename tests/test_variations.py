@@ -224,25 +224,6 @@ def check_each_problem_alone(params: config.Params, dataset: data.Dataset, root)
             assert (out / "evaluation" / p / csv_file.name).read_bytes() == csv_file.read_bytes(), csv_file.name
 
 
-def test_evaluate_side_by_side_keeps_order_and_raises_a_problems_error():
-    """The problems come back in params order; an error in a problem evaluated beside the first
-    reaches the caller (it is not lost in its thread)."""
-    import threading
-
-    main = threading.current_thread()
-    ran = evaluate.side_by_side(lambda name: (name, threading.current_thread() is main), ["linreg", "mlp", "third"])
-    assert list(ran) == ["linreg", "mlp", "third"]
-    assert ran["linreg"] == ("linreg", True) and ran["mlp"] == ("mlp", False) and ran["third"] == ("third", False)
-
-    def fails_beside(name):
-        if name == "mlp":
-            raise ValueError("mlp: no studies")
-        return name
-
-    with pytest.raises(ValueError, match="mlp: no studies"):
-        evaluate.side_by_side(fails_beside, ["linreg", "mlp"])
-
-
 def check_schedules(params: config.Params, dataset: data.Dataset, root) -> None:
     """Each schedule's study searched its settings (warmup fixed at 0.1), and the evaluation's test of
     tuned schedule against tuned constant is the Hodges-Lehmann median of Walsh averages, recomputed

@@ -250,22 +250,28 @@ def train_groups(dataset: Dataset, optimizer: str, groups: list, protocol: Train
 
 def train_optimizers(dataset: Dataset, groups_of: dict, protocol: TrainParams, problem: str = "linreg") -> dict:
     """train_groups for several optimizers: optimizer -> its groups, to optimizer -> its results.
-    A network's optimizers train side by side (one in this thread, the rest in turn beside it):
-    each first compiles its own loop, 2.5 s on one core, which then overlaps another's run."""
-    names = list(groups_of)
+    A network's optimizers train side by side: each first compiles its own loop, 2.5 s on one
+    core, which then overlaps another's run."""
     one = lambda name: train_groups(dataset, name, groups_of[name], protocol, problem)  # noqa: E731
-    if not problems.get(problem).hidden or len(names) < 2 or _CORES < 2:
-        return {name: one(name) for name in names}
+    if not problems.get(problem).hidden:
+        return {name: one(name) for name in groups_of}
+    return side_by_side(one, list(groups_of))
+
+
+def side_by_side(work, names: list) -> dict:
+    """name -> work(name): the first in this thread, the rest in turn on a thread per spare core.
+    An error beside the first reaches the caller once the first is done; on an error or a Ctrl-C,
+    what has not started never does and nothing waits for the rest (a stage exits without teardown)."""
+    if len(names) < 2 or _CORES < 2:
+        return {name: work(name) for name in names}
     # Not _POOL: its thread runs the chunks these calls hand it, and must never wait on itself.
-    with ThreadPoolExecutor(_CORES - 1, thread_name_prefix="engine-optimizers") as beside:
-        others = {name: beside.submit(one, name) for name in names[1:]}
-        try:
-            first = one(names[0])
-        except BaseException:  # a Ctrl-C or an error: what has not started never does
-            for f in others.values():
-                f.cancel()
-            raise
+    beside = ThreadPoolExecutor(_CORES - 1, thread_name_prefix="engine-side-by-side")
+    try:
+        others = {name: beside.submit(work, name) for name in names[1:]}
+        first = work(names[0])
         return {names[0]: first, **{name: f.result() for name, f in others.items()}}
+    finally:
+        beside.shutdown(wait=False, cancel_futures=True)
 
 
 def initial_loss(dataset: Dataset, seeds, protocol: TrainParams, problem: str) -> np.ndarray:

@@ -24,10 +24,9 @@ each optimizer's mean tuned loss, and mean tuned effective lr; reports/evaluatio
     and each schedule's tuned study against tuned constant (scheduled.py).
   across: per problem and optimizer the tuned excess loss and rank, and the performance profile.
 """
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pipeline.core import config, fileio
+from pipeline.core import config, engine, fileio
 from pipeline.core.config import Params
 from pipeline.core.data import Dataset
 from pipeline.core.paths import EVAL_DIR, SUMMARY
@@ -38,27 +37,14 @@ from pipeline.stages.evaluate.inputs import read_study
 
 def evaluate(dataset: Dataset, params: Params, studies_dir: Path, out_dir: Path = EVAL_DIR,
              summary_path: Path = SUMMARY, tracker=None) -> dict:
-    problems = side_by_side(lambda p: evaluate_problem(dataset, config.for_problem(params, p), studies_dir,
-                                                       Path(out_dir) / p, tracker), params.study.problems)
+    # The problems side by side: the linear model's evaluation keeps one core busy most of the time
+    # (Keras runs, the sampler race, statistics), and a network's training fills the other.
+    problems = engine.side_by_side(lambda p: evaluate_problem(dataset, config.for_problem(params, p), studies_dir,
+                                                              Path(out_dir) / p, tracker), params.study.problems)
     result = {"problems": problems, "across": across.across(problems, list(params.study.optimizers))}
     write_csv(Path(out_dir) / "book_schedules.csv", scheduled.book_figures())
     fileio.write_json(summary_path, result)
     return result
-
-
-def side_by_side(work, names: list) -> dict:
-    """name -> work(name), the first in this thread and the others beside it. The linear model's
-    evaluation keeps one core busy most of the time (Keras runs, the sampler race, statistics), and
-    a network's training fills the other. Each problem's numbers are its own either way."""
-    if len(names) < 2:
-        return {name: work(name) for name in names}
-    beside = ThreadPoolExecutor(len(names) - 1, thread_name_prefix="evaluate-problem")
-    try:
-        others = {name: beside.submit(work, name) for name in names[1:]}
-        first = work(names[0])
-        return {names[0]: first, **{name: f.result() for name, f in others.items()}}
-    finally:  # on an error or a Ctrl-C, nothing waits for the rest: the stage exits without teardown
-        beside.shutdown(wait=False, cancel_futures=True)
 
 
 def run(params: Params, tracking_uri: str) -> dict:
