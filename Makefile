@@ -18,7 +18,7 @@ repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
 
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # Every speed figure: engine, study trials, scaling, the whole pipeline (writes benchmarks/results.md).
 bench: $(STAMP)
