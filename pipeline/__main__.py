@@ -1,8 +1,14 @@
-import logging
-import os
-import sys
+import faulthandler
 
-from pipeline.cli import main
+# Before the heavy imports: a crash in native code (TensorFlow, XLA, a library's loader) then leaves
+# every thread's Python stack in the stage's log, in this process and in the MLflow process it spawns.
+faulthandler.enable()
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from pipeline.cli import main  # noqa: E402
 
 if __name__ == "__main__":  # not when the MLflow process (spawned) imports this module again
     try:

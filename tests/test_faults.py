@@ -176,6 +176,30 @@ def test_every_command_on_a_fresh_project_stops_in_one_line_and_writes_nothing(a
     assert sorted(p.name for p in root.iterdir()) == ["params.yaml"]  # no mlflow.db, no journal, no outputs
 
 
+def test_a_crash_in_native_code_leaves_every_threads_python_stack_in_the_log(raw_file, tmp_path):
+    """No code can catch a segfault inside TensorFlow, but it must not leave only "exited with 139"
+    in DVC's log: the process prints where each of its threads was, then dies of the signal."""
+    import signal
+    import sys
+    import time
+
+    from conftest import run_env
+
+    project = prepared_project(tmp_path / "p", raw_file)
+    train = subprocess.Popen([sys.executable, "-m", "pipeline", "train", "--problem", "mlp", "--optimizer", "sgd",
+                              "--epochs", "200"], cwd=project, env=run_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    maps, deadline = Path(f"/proc/{train.pid}/maps"), time.monotonic() + 120
+    while "_pywrap_tensorflow_internal" not in maps.read_text():  # crash it inside TensorFlow's process
+        assert train.poll() is None and time.monotonic() < deadline, train.stderr.read()[-2000:]
+        time.sleep(0.05)
+    train.send_signal(signal.SIGSEGV)
+    _, stderr = train.communicate(timeout=60)
+    assert train.returncode == -signal.SIGSEGV
+    assert "Fatal Python error: Segmentation fault" in stderr
+    assert f'File "{Path(__file__).resolve().parents[1] / "pipeline"}' in stderr, stderr[-3000:]
+
+
 def test_ui_hands_the_store_to_mlflow_through_the_environment_not_the_command_line(postgres, tmp_path):
     import os
     import signal
