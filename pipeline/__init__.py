@@ -10,3 +10,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # MLflow 3 sends usage telemetry from every process that uses it: network calls at run time, which
 # fail offline and cost each study a few ms per trial. Off unless the user turns it back on.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Arrow's library (loaded late, by Keras through pandas, in a process already running TensorFlow)
+# starts a jemalloc background thread on load, the place of pyarrow's known intermittent segfaults
+# (apache/arrow#44342, ray-project/ray#60478). Arrow allocates through mimalloc here anyway, so the
+# thread only returns memory of an allocator nothing uses.
+os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")

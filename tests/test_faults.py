@@ -200,6 +200,35 @@ def test_a_crash_in_native_code_leaves_every_threads_python_stack_in_the_log(raw
     assert f'File "{Path(__file__).resolve().parents[1] / "pipeline"}' in stderr, stderr[-3000:]
 
 
+def test_evaluate_loads_keras_and_arrow_before_its_threads_and_arrow_starts_no_allocator_thread():
+    """The only stage that loads native libraries late is evaluate (Keras, and through pandas Arrow, for
+    the Keras comparison): it loads them before its problems run side by side, and Arrow's jemalloc
+    background thread, where pyarrow's known intermittent segfaults happen, never starts."""
+    import sys
+
+    probe = """if True:
+        import glob, sys
+        from pipeline.core import config, engine
+        from pipeline.stages import evaluate
+        class Started(Exception): pass
+        def side_by_side(work, names):
+            raise Started("keras" in sys.modules, "pyarrow" in sys.modules)
+        engine.side_by_side = side_by_side
+        before = "keras" in sys.modules or "pyarrow" in sys.modules
+        try:
+            evaluate.evaluate(None, config.load_params("params.yaml"), None)
+        except Started as started:
+            print(before, *started.args)
+        print(*sorted(open(task).read().strip() for task in glob.glob("/proc/self/task/*/comm")))
+    """
+    ran = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    loaded, threads = ran.stdout.splitlines()
+    assert loaded == "False True True"  # neither at import, both before the threads
+    assert "jemalloc_bg_thd" not in threads.split(), threads
+
+
 def test_ui_hands_the_store_to_mlflow_through_the_environment_not_the_command_line(postgres, tmp_path):
     import os
     import signal

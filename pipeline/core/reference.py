@@ -15,6 +15,12 @@ from pipeline.core.randomness import seed_stream
 from pipeline.core.tfimport import tf
 
 
+def load_keras() -> None:
+    """Load Keras now rather than on first use (tfimport.py): with it come pandas and Arrow's native
+    libraries, and a caller about to run TensorFlow in several threads loads them before it starts."""
+    tf.keras.optimizers.SGD
+
+
 def keras_optimizer(name: str, hyper: dict):
     """The Keras built-in configured to the book's formula (the registry says how)."""
     make = optimizers.get(name).keras

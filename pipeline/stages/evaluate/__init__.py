@@ -26,7 +26,7 @@ each optimizer's mean tuned loss, and mean tuned effective lr; reports/evaluatio
 """
 from pathlib import Path
 
-from pipeline.core import config, engine, fileio
+from pipeline.core import config, engine, fileio, problems, reference
 from pipeline.core.config import Params
 from pipeline.core.data import Dataset
 from pipeline.core.paths import EVAL_DIR, SUMMARY
@@ -37,11 +37,13 @@ from pipeline.stages.evaluate.inputs import read_study
 
 def evaluate(dataset: Dataset, params: Params, studies_dir: Path, out_dir: Path = EVAL_DIR,
              summary_path: Path = SUMMARY, tracker=None) -> dict:
+    if any(problems.get(p).dense_analyses for p in params.study.problems):  # they compare with Keras
+        reference.load_keras()  # not in a problem's thread while another's trains
     # The problems side by side: the linear model's evaluation keeps one core busy most of the time
     # (Keras runs, the sampler race, statistics), and a network's training fills the other.
-    problems = engine.side_by_side(lambda p: evaluate_problem(dataset, config.for_problem(params, p), studies_dir,
-                                                              Path(out_dir) / p, tracker), params.study.problems)
-    result = {"problems": problems, "across": across.across(problems, list(params.study.optimizers))}
+    by_problem = engine.side_by_side(lambda p: evaluate_problem(dataset, config.for_problem(params, p), studies_dir,
+                                                                Path(out_dir) / p, tracker), params.study.problems)
+    result = {"problems": by_problem, "across": across.across(by_problem, list(params.study.optimizers))}
     write_csv(Path(out_dir) / "book_schedules.csv", scheduled.book_figures())
     fileio.write_json(summary_path, result)
     return result
