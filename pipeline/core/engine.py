@@ -213,7 +213,11 @@ def train(
         theta, losses, eff_lr = run(*data, *shared, tf.constant(pad(seed_index.astype(np.int32))), tf.constant(theta0),
                                     {name: tf.constant(pad(v)[:, None]) for name, v in values.items()},
                                     tf.constant(lr_factor), tf.constant(pad(schedule_index)))
-        return theta.numpy()[:k - first], losses.numpy().T[:k - first], eff_lr.numpy().transpose(1, 0, 2)[:k - first]
+        kept = k - first
+        eff_lr = eff_lr.numpy()[:, :kept]  # (records, rows, coordinates)
+        if model.hidden:  # a network's rates, to each layer's quantiles
+            eff_lr = network.layer_bands(eff_lr, sizes)
+        return theta.numpy()[:kept], losses.numpy().T[:kept], eff_lr.transpose(1, 0, 2)
 
     starts, shape = list(range(0, k, size)), (run, size, batches.shape, lr_factor.shape, *(d.shape for d in data))
     # A new shape compiles in its first call: alone, not in every thread at once (each paid it in full).
