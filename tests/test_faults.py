@@ -12,7 +12,7 @@ import yaml
 from pipeline.core import config
 from pipeline.stages.study import storage as storage_mod
 from pipeline.stages.study import trials as study
-from conftest import assert_one_line_error, cli, prepared_project, read_csv
+from conftest import assert_one_line_error, cli, prepared_project, read_csv, run_env
 
 JOURNAL = Path("studies/optuna.journal")
 
@@ -183,8 +183,6 @@ def test_a_crash_in_native_code_leaves_every_threads_python_stack_in_the_log(raw
     import sys
     import time
 
-    from conftest import run_env
-
     project = prepared_project(tmp_path / "p", raw_file)
     train = subprocess.Popen([sys.executable, "-m", "pipeline", "train", "--problem", "mlp", "--optimizer", "sgd",
                               "--epochs", "200"], cwd=project, env=run_env(), stdout=subprocess.PIPE,
@@ -349,7 +347,6 @@ def own_postgres():
 def test_workers_wait_out_a_database_restart_and_end_with_exactly_their_budget(own_postgres, raw_file, tmp_path):
     import time
 
-    from conftest import run_env
     from servers import PASSWORD
 
     url = own_postgres.create_database("optuna")
@@ -382,7 +379,6 @@ def test_workers_wait_out_a_database_restart_and_end_with_exactly_their_budget(o
 
 
 def test_past_reconnect_s_the_worker_stops_in_one_line_and_the_rerun_resumes(own_postgres, raw_file, tmp_path):
-    from conftest import run_env
     from servers import PASSWORD
 
     url = own_postgres.create_database("optuna")
@@ -405,7 +401,6 @@ def test_past_reconnect_s_the_worker_stops_in_one_line_and_the_rerun_resumes(own
 
 def test_a_lost_tracking_server_does_not_stop_the_study_and_the_rerun_logs_each_missing_run_once(raw_file, tmp_path):
     from mlflow import MlflowClient
-    from conftest import run_env
     from servers import MlflowServer
 
     backend = f"sqlite:///{tmp_path / 'tracking.db'}"

@@ -73,7 +73,8 @@ def starting_loss(features: np.ndarray, target: np.ndarray, seeds, sizes: tuple,
 
 def layer_bands(rates: np.ndarray, sizes: tuple) -> np.ndarray:
     """(..., P) effective learning rate of every coordinate, to (..., QUANTILES per layer): each
-    layer's quantiles over its weights and bias, by np.quantile's linear rule, in float32."""
+    layer's quantiles over its weights and bias, by np.quantile's linear rule, in float32. By hand
+    because np.quantile works in float64 and took four times as long (31 against 7.5 ms at K = 32)."""
     bands = []
     for w0, _, end in layer_slices(sizes):
         ordered = np.sort(rates[..., w0:end], axis=-1)
