@@ -27,7 +27,7 @@ def cmd_download(args, params: config.Params) -> None:
 def cmd_prepare(args, params: config.Params) -> None:
     from pipeline.stages import prepare
 
-    stats = prepare.prepare(paths.RAW_PATH, paths.PREPARED_DIR, params.data.n_rows)
+    stats = prepare.prepare(paths.RAW_PATH, paths.PREPARED_DIR, params.data.n_rows, params.data.sha1)
     floor = stats["least_squares"]["loss"]
     print(f"prepared {stats['rows']} of {stats['rows_in_file']} rows; least-squares floor {floor:.6f}")
 

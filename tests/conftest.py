@@ -9,6 +9,7 @@ from pipeline.core import config, data, paths
 from pipeline.stages import download, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ["required"]  # under CI=true a skip fails
 
 # `make test` runs the suite on two pytest-xdist workers, a module at a time per worker
 # (--dist loadfile: a module's fixtures, such as the browser's pipeline run, are built once).
@@ -49,25 +50,28 @@ def raw_file(tmp_path_factory, params) -> Path:
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory, raw_file, params) -> data.Dataset:
     out = tmp_path_factory.mktemp("prepared")
-    prepare.prepare(raw_file, out, params.data.n_rows)
+    prepare.prepare(raw_file, out, params.data.n_rows, params.data.sha1)
     return data.load_prepared(out)
+
+
+def copy_project(dest: Path, tests: bool = True) -> Path:
+    """The committed project (plus uncommitted edits), copied into a fresh git repository with an
+    identity of its own: `dvc exp run` commits, and a fresh machine has no global git identity."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file() and (tests or not name.startswith("tests/")):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    for cmd in (["init", "-q"], ["config", "user.name", "test"], ["config", "user.email", "test@localhost"],
+                ["add", "-A"], ["commit", "-qm", "copy"]):
+        subprocess.run(["git", *cmd], cwd=dest, check=True)
+    return dest
 
 
 @pytest.fixture
 def project_copy(tmp_path) -> Path:
-    """The committed project (plus uncommitted edits), copied into a fresh git repository."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    dest = tmp_path / "project"
-    for name in files:
-        if (ROOT / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
-                   cwd=dest, check=True)
-    return dest
+    return copy_project(tmp_path / "project")
 
 
 def run_env(**extra) -> dict:
@@ -87,7 +91,7 @@ def prepared_project(dest: Path, raw_file: Path, edit=None) -> Path:
         edit(raw)
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    prepare.prepare(raw_file, dest / paths.PREPARED_DIR, raw["data"]["n_rows"])
+    prepare.prepare(raw_file, dest / paths.PREPARED_DIR, raw["data"]["n_rows"], raw["data"]["sha1"])
     return dest
 
 

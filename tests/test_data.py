@@ -90,8 +90,8 @@ def test_download_command_rejects_bad_sources_in_one_line_and_writes_nothing(ser
     assert not (root / "data").exists()
 
 
-def test_prepare_standardizes_and_finds_the_floor(raw_file, tmp_path):
-    stats = prepare.prepare(raw_file, tmp_path, 1500)
+def test_prepare_standardizes_and_finds_the_floor(raw_file, tmp_path, params):
+    stats = prepare.prepare(raw_file, tmp_path, 1500, params.data.sha1)
     ds = data.load_prepared(tmp_path)
     table = np.genfromtxt(raw_file, delimiter="\t")  # the book's parser, as an independent check
     assert ds.features.shape == (1500, 5) and ds.target.shape == (1500,) and ds.features.dtype == np.float32
@@ -127,10 +127,27 @@ def _bad_files(good: bytes) -> dict:
                                   "NaN cell", "HTML page"])
 def test_prepare_command_rejects_bad_files_naming_line_and_column(case, good_bytes, tmp_path):
     content, expected = _bad_files(good_bytes)[case]
-    root = project_with(tmp_path)
+    root = project_with(tmp_path, sha1=hashlib.sha1(content).hexdigest())  # past the checksum, to the parser
     (root / "data/raw").mkdir(parents=True)
     (root / "data/raw/airfoil_self_noise.dat").write_bytes(content)
     assert_one_line_error(cli("prepare", cwd=root), expected)
+    assert not (root / "data/prepared").exists()
+
+
+def test_prepare_refuses_an_edited_raw_file_that_still_parses(good_bytes, tmp_path, params):
+    """One digit flipped in a number: the file parses, so only the checksum can tell."""
+    lines = good_bytes.split(b"\r\n")
+    digit = lines[4].index(b"3")
+    lines[4] = lines[4][:digit] + b"4" + lines[4][digit + 1:]
+    edited = b"\r\n".join(lines)
+    prepare.parse_airfoil(edited)  # still a valid airfoil table
+    root = project_with(tmp_path)
+    (root / "data/raw").mkdir(parents=True)
+    raw = root / "data/raw/airfoil_self_noise.dat"
+    raw.write_bytes(edited)
+    assert_one_line_error(cli("prepare", cwd=root), str(raw.relative_to(root)), "SHA-1 mismatch",
+                          f"expected {params.data.sha1}", f"found {hashlib.sha1(edited).hexdigest()}",
+                          "rerun `dvc repro download`")
     assert not (root / "data/prepared").exists()
 
 

@@ -188,7 +188,7 @@ def test_scenario_runs_through_every_stage(scenario, raw_file, tmp_path):
     edits = merged(TINY, SCENARIOS[scenario])
     raw = json.loads(json.dumps(merged(DEFAULTS, edits)).replace("{root}", str(tmp_path)))
     params = config.parse_params(raw)
-    prepare.prepare(raw_file, tmp_path / "prepared", params.data.n_rows)
+    prepare.prepare(raw_file, tmp_path / "prepared", params.data.n_rows, params.data.sha1)
     dataset = data.load_prepared(tmp_path / "prepared")
     summary, captions = run_pipeline(params, dataset, tmp_path)
     summary = check_complete_and_finite(params, tmp_path, captions)["problems"]["linreg"]
@@ -263,7 +263,7 @@ def test_a_new_optimizer_registered_in_one_place_runs_through_every_stage(raw_fi
         book={"lr": 0.01}, quadratic={"lr": 0.2}))
     raw = merged(DEFAULTS, merged(TINY, {"study": {"optimizers": ["signsgd", "sgd"]}}))
     params = config.parse_params(raw)  # no book, 2-D or search-space entry for it: the registry's
-    prepare.prepare(raw_file, tmp_path / "prepared", params.data.n_rows)
+    prepare.prepare(raw_file, tmp_path / "prepared", params.data.n_rows, params.data.sha1)
     summary, captions = run_pipeline(params, data.load_prepared(tmp_path / "prepared"), tmp_path)
     check_complete_and_finite(params, tmp_path, captions)
     for p in params.study.problems:
@@ -278,7 +278,7 @@ def test_a_new_problem_registered_in_one_place_runs_through_every_stage(raw_file
         dense_analyses=False, convex=False, description="one hidden layer of 16 ReLU units"))
     raw = merged(DEFAULTS, merged(TINY, {"study": {"problems": ["linreg", "relu16"], "optimizers": ["adagrad", "rmsprop"]}}))
     params = config.parse_params(raw)
-    prepare.prepare(raw_file, tmp_path / "prepared", params.data.n_rows)
+    prepare.prepare(raw_file, tmp_path / "prepared", params.data.n_rows, params.data.sha1)
     dataset = data.load_prepared(tmp_path / "prepared")
     summary, captions = run_pipeline(params, dataset, tmp_path)
     check_complete_and_finite(params, tmp_path, captions)

@@ -1,8 +1,9 @@
-"""`prepare` stage: parse and validate the raw file, standardize, keep the first n rows.
+"""`prepare` stage: check the raw file's SHA-1, parse and validate it, standardize, keep the first n rows.
 
 Writes data/prepared/airfoil.npz (features, target) and stats.json, including the least-squares
 optimum of the training loss: the floor every optimizer approaches.
 """
+import hashlib
 import math
 from pathlib import Path
 
@@ -71,13 +72,18 @@ def least_squares_floor(features: np.ndarray, target: np.ndarray) -> dict:
     return {"loss": float(0.5 * np.mean(residual**2)), "w": theta[:-1].tolist(), "b": float(theta[-1])}
 
 
-def prepare(raw_path: Path, out_dir: Path, n_rows: int) -> dict:
-    """Validate raw_path, write the first n_rows standardized rows and stats.json to out_dir."""
+def prepare(raw_path: Path, out_dir: Path, n_rows: int, sha1: str) -> dict:
+    """Check raw_path against its SHA-1, validate it, write the first n_rows standardized rows and
+    stats.json to out_dir."""
     raw_path, out_dir = Path(raw_path), Path(out_dir)
     try:
         raw = raw_path.read_bytes()
     except FileNotFoundError:
         raise PipelineError(f"{raw_path} not found: run `dvc repro download` first") from None
+    found = hashlib.sha1(raw).hexdigest()
+    if found != sha1.lower():  # an edited file that still parses would change every number silently
+        raise PipelineError(f"{raw_path}: SHA-1 mismatch, expected {sha1.lower()}, found {found}: "
+                            f"delete it and rerun `dvc repro download` (or fix data.sha1 in params.yaml)")
     table = parse_airfoil(raw, str(raw_path))
     if len(table) < n_rows:
         raise PipelineError(
