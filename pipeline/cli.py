@@ -194,11 +194,9 @@ def cmd_report(args, params: config.Params) -> None:
 
 def cmd_ui(args, params: config.Params) -> None:
     """MLflow's UI on this pipeline's runs: the summary experiment's training-runs view."""
-    import subprocess
-
     from mlflow import MlflowClient
 
-    from pipeline.core import tracking
+    from pipeline.core import processes, tracking
 
     uri = _tracking_uri()
     local = tracking.local_store(uri)
@@ -212,8 +210,8 @@ def cmd_ui(args, params: config.Params) -> None:
           flush=True)
     if not args.print_url:
         # The store goes through the environment: a password in it stays off the process list.
-        subprocess.run([sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(args.port)],
-                       env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri})
+        processes.serve_until_stopped([sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(args.port)],
+                            env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri})
 
 
 COMMANDS = {"download": cmd_download, "prepare": cmd_prepare, "train": cmd_train, "study": cmd_study,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core import processes
+
 # The superuser's password: the tests check it never leaks into logs, MLflow or outputs.
 PASSWORD = "pw-" + secrets.token_hex(8)
 
@@ -102,7 +104,7 @@ class MlflowServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--artifacts-destination", str(artifacts), "--workers", "1"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -116,10 +118,6 @@ class MlflowServer:
         raise RuntimeError("mlflow server did not answer /health within 120 s")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        """The server with every process it started (its job runner and consumers)."""
+        processes.end_group(self.proc, grace_s=30)
         self.log.close()

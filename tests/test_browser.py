@@ -11,6 +11,7 @@ import urllib.request
 import pytest
 import yaml
 
+from pipeline.core import processes
 from conftest import ROOT, copy_project, run_env
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -44,8 +45,10 @@ def free_port() -> int:
 
 
 def serve(cmd, cwd, url, timeout=120):
-    """Start a server and wait until `url` answers."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """Start a server in a process group of its own and wait until `url` answers; end it with
+    processes.end_group, which waits until the whole group is gone."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -54,7 +57,7 @@ def serve(cmd, cwd, url, timeout=120):
         except OSError:
             assert proc.poll() is None, f"{cmd[0]} exited with {proc.returncode}"
             time.sleep(0.5)
-    proc.kill()
+    processes.end_group(proc)
     raise AssertionError(f"{url} did not answer in {timeout} s")
 
 
@@ -104,7 +107,7 @@ def test_mlflow_ui_shows_every_study_on_the_first_screen_and_a_drawn_trial_chart
         assert len(line.get_attribute("d") or "") > 20 and trial.get_by_text("loss", exact=True).count() >= 1
         trial.screenshot(path=ARTIFACTS / "mlflow_trial.png")
     finally:
-        server.terminate()
+        processes.end_group(server)
         server.wait(30)
 
 
@@ -128,7 +131,7 @@ def test_optuna_dashboard_lists_every_study_and_draws_its_history(project, brows
         assert points.count() >= 8  # every trial of the history plot drawn
         study.screenshot(path=ARTIFACTS / "optuna_history.png", full_page=True)
     finally:
-        server.terminate()
+        processes.end_group(server)
         server.wait(30)
 
 

@@ -263,6 +263,75 @@ def test_ui_hands_the_store_to_mlflow_through_the_environment_not_the_command_li
         proc.wait(30)
 
 
+def running(procs) -> list:
+    """The processes of `procs` that still run (a zombie, dead and not yet reaped, does not)."""
+    import psutil
+
+    alive = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_to_ui_ends_every_process_of_the_mlflow_server_under_it(tmp_path, signum):
+    """As `timeout`, a service manager or a container stop sends it: nothing of MLflow's server
+    (uvicorn, the job runner, its huey consumers) outlives `pipeline ui`, and the port is free."""
+    import signal
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    import psutil
+    from mlflow import MlflowClient
+    from servers import free_port
+
+    root = tmp_path / "ui"
+    root.mkdir()
+    (root / "params.yaml").write_bytes((Path(__file__).resolve().parents[1] / "params.yaml").read_bytes())
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("airfoil-optimizers")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "ui", "--port", str(port)], cwd=root,
+                            env=run_env(MLFLOW_TRACKING_URI=uri), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline, tree = time.monotonic() + 180, []
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            tree = psutil.Process(proc.pid).children(recursive=True)
+            names = " ".join(" ".join(p.cmdline()) for p in running(tree))
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+                if "huey_consumer" in names:  # the job runner's consumers are up too
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"mlflow ui did not serve on {port} with its consumers within 180 s")
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        assert len(tree) >= 5, [p.cmdline() for p in tree]
+
+        proc.send_signal(getattr(signal, signum))
+        assert proc.wait(90) == 130, proc.stderr.read()[-2000:]
+        assert running(tree) == []
+        with socket.socket() as s:  # nothing listens on the port any more (TIME_WAIT left by /health aside)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+            s.listen()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in running(tree):
+            p.kill()
+
+
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
 def test_a_signal_inside_a_deferred_block_waits_for_the_block_to_finish(signum):
     """Sent deterministically inside the block: the block completes, then the interrupt is raised."""

@@ -1,5 +1,5 @@
-"""The suite's own promises: under CI=true a test that would skip fails with its reason, and every
-run ends with the list of what it skipped and why."""
+"""The suite's own promises: under CI=true a test that would skip fails with its reason, every run
+ends with the list of what it skipped and why, and a run that leaves a process behind fails."""
 import subprocess
 import sys
 
@@ -23,8 +23,16 @@ def test_plain():
 '''
 
 
-def _pytest(tmp_path, ci: str):
-    (tmp_path / "test_sample.py").write_text(SKIPPING)
+LEAVING = '''
+import subprocess
+
+def test_starts_a_server_and_forgets_it():
+    subprocess.Popen(["sleep", "300"])
+'''
+
+
+def _pytest(tmp_path, ci: str, sample: str = SKIPPING):
+    (tmp_path / "test_sample.py").write_text(sample)
     env = run_env(CI=ci, PYTHONPATH=str(ROOT / "tests"))
     return subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir",
                            str(tmp_path), "-p", "required", "-p", "no:cacheprovider", "-p", "no:xdist",
@@ -46,3 +54,13 @@ def test_outside_ci_skips_are_listed_with_their_reasons_at_the_end(tmp_path):
     summary = result.stdout[result.stdout.index("short test summary info"):]
     assert "SKIPPED" in summary and "no chromium here" in summary and "PostgreSQL is not installed" in summary
     assert "1 passed, 2 skipped" in summary
+
+
+def test_a_run_that_leaves_a_process_behind_fails_and_ends_it(tmp_path):
+    import psutil
+
+    result = _pytest(tmp_path, "", LEAVING)
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert "1 passed, 1 error" in result.stdout.splitlines()[-1]
+    assert "the tests left 1 processes running: ['sleep 300']" in result.stdout
+    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "300"]]
