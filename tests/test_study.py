@@ -20,7 +20,7 @@ from pipeline.stages import study as study_stage
 from pipeline.stages.study import mirror, trials as study, outputs as study_outputs
 from pipeline.stages.study import storage as storage_mod
 from pipeline.core.errors import PipelineError
-from conftest import experiment_ids, read_csv, run_env
+from conftest import ROOT, cli, experiment_ids, prepared_project, read_csv, run_env
 
 
 def with_study(params, **changes):
@@ -284,15 +284,57 @@ def test_diverged_trials_teach_the_sampler_to_avoid_their_region(params, dataset
     assert sum(diverged) < 20
 
 
-def test_study_identity_covers_the_search_and_objective_code(params, dataset, tmp_path, monkeypatch):
-    from pathlib import Path
+def test_dvc_lists_exactly_the_files_that_name_the_study():
+    """dvc.yaml's study deps and the study's code digest are one list: a file DVC reruns the stage
+    for, but that leaves the name as it was, would keep the old code's trials (randomness.py did)."""
+    import yaml
     from pipeline.stages.study import search
-    assert Path(search.__file__) in search.RESULT_CODE  # the file that holds suggest, the sampler and the objective
+    deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["study"]["deps"]
+    named = [str(p.relative_to(ROOT)) for p in search.RESULT_CODE]
+    assert sorted(deps) == sorted(["data/prepared", *named])
+    for module in ("randomness", "engine", "network", "optimizers", "pieces", "schedules", "space", "problems"):
+        assert f"pipeline/core/{module}.py" in named  # what a trial computes with, written here by hand
+
+
+def test_editing_any_study_dependency_names_a_new_study(params, dataset, tmp_path, monkeypatch):
+    """Each file dvc.yaml lists for the study, edited in a copy of the package: the study's name
+    changes, so the next run starts a new study instead of resuming the old code's."""
+    import shutil
+    from pipeline.core import sourcecode
+    from pipeline.stages.study import search
+    shutil.copytree(ROOT / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    copied = sourcecode.imported_files(tmp_path / "pipeline/stages/study/__init__.py", tmp_path)
+    assert [p.relative_to(tmp_path) for p in copied] == [p.relative_to(ROOT) for p in search.RESULT_CODE]
+    monkeypatch.setattr(search, "RESULT_CODE", copied)
+    monkeypatch.setattr(sourcecode, "ROOT", tmp_path)
     before = search.study_name("rmsprop", params, dataset)
-    changed = tmp_path / "search.py"
-    changed.write_text(Path(search.__file__).read_text() + "\n# a change to the objective's code\n")
-    monkeypatch.setattr(search, "RESULT_CODE", [changed if p == Path(search.__file__) else p for p in search.RESULT_CODE])
-    assert search.study_name("rmsprop", params, dataset) != before
+    for path in copied:
+        text = path.read_text()
+        path.write_text(text + "\n# an edit\n")
+        assert search.study_name("rmsprop", params, dataset) != before, path.relative_to(tmp_path)
+        path.write_text(text)
+    assert search.study_name("rmsprop", params, dataset) == before
+
+
+def test_a_study_after_an_edit_to_randomness_runs_new_trials(project_copy, raw_file):
+    """End to end, in a copy whose own code runs: the finished study is not resumed after the edit."""
+    def edit(raw):
+        raw["study"].update(n_trials=3, seeds_per_trial=1)
+    root = prepared_project(project_copy, raw_file, edit)
+    first = cli("study", "sgd", cwd=root, CI="true", PYTHONPATH=str(root))
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = cli("study", "sgd", cwd=root, CI="true", PYTHONPATH=str(root))
+    assert "3 of 3 trials already done" in again.stderr  # unchanged code: resumed, nothing to run
+    randomness = root / "pipeline/core/randomness.py"
+    randomness.write_text(randomness.read_text() + "\n# the batches' code, edited\n")
+    edited = cli("study", "sgd", cwd=root, CI="true", PYTHONPATH=str(root))
+    assert edited.returncode == 0, edited.stderr[-2000:]
+    import re
+    said = lambda result: re.findall(r"(linreg-sgd-constant-[0-9a-f]{16}): (\d) of 3 trials already done", result.stderr)
+    assert said(again) == [(said(first)[0][0], "3")] and said(first)[0][1] == "0"
+    assert said(edited)[0][1] == "0" and said(edited)[0][0] != said(first)[0][0]  # a new study, run from scratch
+    names = {said(first)[0][0], said(edited)[0][0]}
+    assert len(names) == 2
 
 
 def test_concurrent_workers_never_log_a_trial_twice(project_copy):

@@ -1,9 +1,9 @@
 """What a trial computes: the sampler, the objective, and the study's name (the search space on
 Optuna's side is core/space.py).
 
-Everything here changes a trial's result, so this file's code is part of the study's name
-(with the space, the engine and the optimizers): a change here starts a new study instead of
-mixing results. How studies are labelled for people lives in mirror.py, outside that digest.
+Everything here changes a trial's result, so the study's name carries a digest of the code the
+study stage runs (this file, the engine, the optimizers and all else it imports, RESULT_CODE): a
+change there starts a new study instead of mixing results. dvc.yaml lists the same files.
 """
 import dataclasses
 import hashlib
@@ -13,13 +13,13 @@ from typing import NamedTuple, TypedDict
 
 import numpy as np
 
-from pipeline.core import engine, network, optimizers, pieces, problems, schedules, space
+from pipeline.core import engine, sourcecode, space
 from pipeline.core.config import Params
 from pipeline.core.data import Dataset
 
-# Files whose content changes results: part of the study name, so a fix there starts a new study.
-RESULT_CODE = [Path(__file__), Path(space.__file__), Path(engine.__file__), Path(optimizers.__file__),
-               Path(pieces.__file__), Path(network.__file__), Path(problems.__file__), Path(schedules.__file__)]
+# Every file the study stage runs, from its own imports: part of the study name, so any change
+# there starts a new study (a change that moves no number reruns the same trials to the same bits).
+RESULT_CODE = sourcecode.imported_files(Path(__file__).with_name("__init__.py"))
 EDGE_FRACTION = 0.02  # a best value this close to a range end (as a fraction of its width) is "at the edge"
 
 
@@ -37,7 +37,7 @@ def study_name(optimizer: str, params: Params, dataset: Dataset) -> str:
         "sampler_seed": params.study.seed,
         "objective": params.study.objective,
         "data": hashlib.sha256(dataset.features.tobytes() + dataset.target.tobytes()).hexdigest(),
-        "code": hashlib.sha256(b"".join(p.read_bytes() for p in RESULT_CODE)).hexdigest(),
+        "code": sourcecode.digest(RESULT_CODE),
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return f"{params.problem}-{optimizer}-{params.schedule}-{digest[:16]}"
