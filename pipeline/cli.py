@@ -61,7 +61,7 @@ def _schedule_settings(args) -> dict:
 def cmd_train(args, params: config.Params) -> None:
     import dataclasses
 
-    from pipeline.core import engine, problems, randomness
+    from pipeline.core import engine, problems, randomness, schedules
 
     if args.init is not None and problems.get(args.problem).hidden:
         raise PipelineError(f"--init applies to the linear model only: the {args.problem} network always starts from "
@@ -74,6 +74,8 @@ def cmd_train(args, params: config.Params) -> None:
     result = engine.train(dataset, args.optimizer, {**hyper, **settings}, [args.seed], protocol, args.problem,
                           args.schedule)
     diverged = bool(result.diverged[0])
+    steps = len(engine.timeline(len(dataset.target), protocol).step_rows)
+    factors = schedules.run_factors(args.schedule, tuple((s, float(settings[s])) for s in settings), steps)
     if args.json:
         print(json.dumps({
             "problem": args.problem,
@@ -84,6 +86,7 @@ def cmd_train(args, params: config.Params) -> None:
             "hyperparameters": hyper,
             "schedule": args.schedule,
             "schedule_settings": settings,
+            "schedule_factors": factors.tolist(),  # update t's lr is lr times factor t (Adadelta: its step)
             "seed": args.seed,
             "diverged": diverged,
             "final_loss": None if diverged else float(result.final_loss[0]),
@@ -96,6 +99,9 @@ def cmd_train(args, params: config.Params) -> None:
         print("diverged: the loss became inf/NaN (try a smaller --lr)")
     else:
         print(f"loss: {result.final_loss[0]:.6f}")
+    if not args.json and args.schedule != "constant":
+        print(f"schedule {args.schedule}: the rate times {factors[0]:.4g} at update 0, {factors[steps // 2]:.4g} at "
+              f"update {steps // 2}, {factors[-1]:.4g} at update {steps - 1} (--json lists every update's)")
 
 
 def cmd_quadratic(args, params: config.Params) -> None:

@@ -121,7 +121,16 @@ def test_train_command_runs_a_schedule_with_its_settings(prepared_project):
     run = json.loads(out.stdout)
     assert run["schedule"] == "warmup_cosine" and run["schedule_settings"] == {"final": 0.2, "warmup": 0.1}
     constant = json.loads(_cli("train", "--optimizer", "sgd", "--json", cwd=prepared_project).stdout)
-    assert run["effective_lr"][-1][0] < 0.25 * constant["effective_lr"][-1][0]  # ends near 0.2 of the rate
+    from test_scheduled_training import readme_factors
+    expected = readme_factors("warmup_cosine", 300, final=0.2, warmup=0.1)  # 300 updates: 1500 rows, batch 10, 2 epochs
+    np.testing.assert_allclose(run["schedule_factors"], expected, rtol=1e-6, atol=1e-7)
+    assert run["schedule_factors"][0] == 0.0 and run["schedule_factors"][-1] == np.float32(0.2)
+    # The effective lr after the last update is exactly 0.2 of the constant run's (in float32).
+    assert np.float32(run["effective_lr"][-1][0]) == np.float32(0.2) * np.float32(constant["effective_lr"][-1][0])
+    plain = _cli("train", "--optimizer", "sgd", "--schedule", "warmup_cosine", "--final", "0.2", cwd=prepared_project)
+    assert plain.stdout.splitlines()[1] == ("schedule warmup_cosine: the rate times 0 at update 0, "
+                                            f"{expected[150]:.4g} at update 150, 0.2 at update 299 "
+                                            "(--json lists every update's)")
     assert_one_line_error(_cli("train", "--optimizer", "sgd", "--schedule", "cosine", "--drop", "0.5",
                               cwd=prepared_project), "--drop does not apply to the cosine schedule: it reads --final")
 

@@ -1,5 +1,5 @@
 """Schedules inside the engine's compiled loop: every optimizer's trajectory under a schedule against
-an independent float64 computation (the book's formulas, the book's stateful schedule classes),
+an independent float64 computation (the book's formulas, each schedule from the README's words),
 batched rows with different schedules against single calls, and a constant schedule changing nothing."""
 import dataclasses
 
@@ -9,20 +9,31 @@ import pytest
 from pipeline.core import engine, network, optimizers, problems, randomness, schedules
 from test_network import numpy_loss, numpy_network
 from test_optimizers import ALL, numpy_step
-from test_schedules import CosineScheduler, MultiFactorScheduler
 
-SETTINGS = {"warmup_cosine": {"final": 0.05, "warmup": 0.2}, "multifactor": {"drop": 0.3}}
+# Every schedule, with its study settings at values other than the defaults.
+SETTINGS = {"constant": {}, "sqrt": {}, "factor": {"final": 0.05}, "multifactor": {"drop": 0.3},
+            "cosine": {"final": 0.02}, "warmup_cosine": {"final": 0.05, "warmup": 0.2},
+            "warmup_linear": {"final": 0.1, "warmup": 0.15}}
 
 
-def book_factors(name: str, steps: int) -> np.ndarray:
-    """The factor of each update at base rate 1, from the book's classes called in order, with a
-    study's fractions turned into steps by hand: cosine to the run's end, drops at half and three quarters."""
-    s = SETTINGS[name]
-    if name == "warmup_cosine":
-        book = CosineScheduler(steps, base_lr=1.0, final_lr=s["final"], warmup_steps=round(s["warmup"] * steps))
-    else:
-        book = MultiFactorScheduler([round(0.5 * steps), round(0.75 * steps)], factor=s["drop"], base_lr=1.0)
-    return np.array([book(t) for t in range(steps)])
+def readme_factors(name: str, n: int, final=None, warmup=None, drop=None) -> np.ndarray:
+    """Each update's factor over a run of n updates t = 0 .. n - 1, in float64, written from the
+    README's words (not the code's): a decay ends at `final` on the last update, t = n - 1; a warmup
+    of w = round(warmup n) updates rises from 0 at t = 0 by 1/w per update; multi-factor multiplies
+    by `drop` after half and after three quarters of the run; factor's first value has decayed once."""
+    t = np.arange(n, dtype=np.float64)
+    if name == "constant":
+        return np.ones(n)
+    if name == "sqrt":
+        return 1 / np.sqrt(t + 1)
+    if name == "factor":
+        return final ** ((t + 1) / n)
+    if name == "multifactor":
+        return drop ** ((t > round(n / 2)).astype(float) + (t > round(3 * n / 4)).astype(float))
+    w = round(warmup * n) if warmup else 0
+    done = (t - w) / (n - 1 - w)  # of the decay: 0 at its first update, 1 at the run's last
+    decay = final + (1 - final) * (1 + np.cos(np.pi * done)) / 2 if "cosine" in name else 1 + (final - 1) * done
+    return np.where(t < w, t / max(w, 1), decay)
 
 
 def scheduled_step(name, theta, g, state, hyper, t, factor):
@@ -35,9 +46,23 @@ def scheduled_step(name, theta, g, state, hyper, t, factor):
 
 
 @pytest.mark.parametrize("schedule", sorted(SETTINGS))
+def test_every_schedule_ends_at_final_on_the_last_update(schedule):
+    """The factors the engine multiplies by, against the README's words, over runs of several lengths:
+    a decay reaches `final` exactly (in the engine's float32) at update n - 1, not one update later."""
+    for n in (40, 300, 1500, 24000):
+        ours = schedules.run_factors(schedule, tuple(sorted(SETTINGS[schedule].items())), n)
+        expected = readme_factors(schedule, n, **SETTINGS[schedule])
+        np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-7)
+        if "final" in SETTINGS[schedule]:
+            assert ours[-1] == np.float32(SETTINGS[schedule]["final"]) and ours[-2] > ours[-1], (n, ours[-3:])
+    assert readme_factors("cosine", 300, final=0.01)[-1] == 0.01  # the spec itself ends there
+
+
+@pytest.mark.parametrize("schedule", sorted(SETTINGS))
 @pytest.mark.parametrize("name", ALL)
 def test_linear_model_under_a_schedule_follows_float64(name, schedule, dataset, params):
-    """40 steps of batch 10 on 200 real rows, loss and effective lr after every step."""
+    """40 steps of batch 10 on 200 real rows, loss and effective lr after every step, each step's
+    factor from the README's words."""
     protocol = dataclasses.replace(params.train, epochs=2, record_every=10)
     small = dataset._replace(features=dataset.features[:200], target=dataset.target[:200])
     hyper = optimizers.get(name).book
@@ -45,8 +70,8 @@ def test_linear_model_under_a_schedule_follows_float64(name, schedule, dataset, 
     theta0, batches = randomness.seed_stream(3, 200, 5, protocol)
     X = np.concatenate([small.features, np.ones((200, 1))], axis=1).astype(np.float64)
     y = small.target.astype(np.float64)
-    factors = book_factors(schedule, 40)
-    assert factors.min() < 0.35 * factors.max()  # the schedule really moves the rate within the run
+    factors = readme_factors(schedule, 40, **SETTINGS[schedule])
+    assert schedule == "constant" or factors.min() < 0.35 * factors.max()  # the rate really moves in the run
     theta, state, losses, effs = theta0.astype(np.float64), {}, [], []
     for t, rows in enumerate(batches.reshape(-1, 10), start=1):
         g = X[rows].T @ (X[rows] @ theta - y[rows]) / len(rows)
@@ -67,7 +92,7 @@ def test_network_under_warmup_cosine_follows_float64(name, dataset, params):
     ours = engine.train(small, name, {**hyper, **SETTINGS["warmup_cosine"]}, [7], protocol, "mlp", "warmup_cosine")
     theta = network.initial_params(7, sizes).astype(np.float64)
     X, y = small.features.astype(np.float64), small.target.astype(np.float64)
-    factors, state, losses = book_factors("warmup_cosine", 100), {}, []
+    factors, state, losses = readme_factors("warmup_cosine", 100, **SETTINGS["warmup_cosine"]), {}, []
     for t, rows_t in enumerate(randomness.batch_order(7, rows, protocol).reshape(-1, batch), start=1):
         theta, _ = scheduled_step(name, theta, numpy_network(theta, X, y, rows_t), state, hyper, t, factors[t - 1])
         losses.append(numpy_loss(theta, X, y))

@@ -20,7 +20,15 @@ The registry is the one place that knows a schedule: the settings it reads, the 
 values its figure plots) and how a study sets it. In a study a schedule's settings are fractions of
 the run (RUN_SETTINGS: the final rate as a fraction of the initial, the warmup as a fraction of the
 steps), so one setting carries across problems and budgets; `in_run` turns them into the book's.
-The engine multiplies each step by `run_factors`, the schedule at base rate 1.
+The engine multiplies each step by `run_factors`, the schedule at base rate 1. Over a run of n
+updates t = 0 .. n - 1, with w = round(warmup n) warmup updates:
+  constant      1
+  sqrt          (t + 1)^-1/2
+  factor        final^((t + 1) / n): the book's first value has decayed once; the last is final
+  multifactor   drop^k, k the number of points round(n/2), round(3n/4) that t is past
+  cosine        1 at t = 0 to final at t = n - 1
+  warmup_cosine t / w while t < w (0 at the first update), then cosine from 1 at t = w to final at n - 1
+  warmup_linear the same warmup, then a straight line from 1 at t = w to final at n - 1
 """
 from __future__ import annotations
 
@@ -106,7 +114,8 @@ DROP_AT = (0.5, 0.75)  # multifactor's decay points in a study, as fractions of 
 
 
 def _ends_at(final, steps):
-    return {"final_lr": final, "max_update": steps}
+    """Updates run 0 .. steps - 1: the decay ends exactly at `final` on the last one."""
+    return {"final_lr": final, "max_update": steps - 1}
 
 
 def _warms(final, warmup, steps):
