@@ -45,12 +45,12 @@ def measure(dataset, protocol, repeats: int, ks=KS) -> dict:
 NETWORK_KS = (1, 3, 64, 256)  # one configuration, one study trial (3 seeds), an evaluation batch, a grid
 
 
-def measure_network(dataset, protocol, repeats: int, ks=NETWORK_KS) -> list:
-    """The network problem (5-64-64-1 tanh, its registry protocol: batch 10, 1500 steps) with RMSProp:
+def measure_network(dataset, params, repeats: int, ks=NETWORK_KS) -> list:
+    """The network problem (5-64-64-1 tanh, its protocol in params.yaml: batch 10, 1500 steps) with RMSProp:
     milliseconds per configuration for each K, lr spread over a grid, seeds 0..3."""
-    from pipeline.core import problems
+    from pipeline.core import config
 
-    mlp = problems.protocol("mlp", protocol)
+    mlp = config.protocol(params, "mlp")
     rows = []
     for k in ks:
         hyper = {"lr": np.geomspace(1e-3, 1e-2, k), "gamma": np.full(k, 0.9)}
@@ -59,13 +59,14 @@ def measure_network(dataset, protocol, repeats: int, ks=NETWORK_KS) -> list:
     return rows
 
 
-def measure_schedules(dataset, protocol, repeats: int, k: int = 1024) -> list:
+def measure_schedules(dataset, params, repeats: int, k: int = 1024) -> list:
     """RMSProp at K configurations (the lr x gamma grid of measure) at a constant rate and with cosine
     decay after a warmup, alternating repeat by repeat so both meet the same machine load: the median
     seconds of each, and the linear model at K = 64 on the network's protocol as a second point."""
-    from pipeline.core import problems
+    from pipeline.core import config
 
-    cases = [("linreg", protocol, k), ("mlp", problems.protocol("mlp", protocol), 64)]
+    protocol = params.train
+    cases = [("linreg", protocol, k), ("mlp", config.protocol(params, "mlp"), 64)]
     rows = []
     for problem, proto, size in cases:
         grid = {"lr": np.geomspace(1e-4, 1e-2, size), "gamma": np.linspace(0.5, 0.999, size),
@@ -94,7 +95,7 @@ def main() -> None:
     params, dataset = config.load_params(), data.load_prepared()
     if args.network:
         print(f"{'network 5-64-64-1, RMSProp, 1500 steps':<40}{'median s':>10}{'ms / config':>13}{'configs / s':>13}")
-        for r in measure_network(dataset, params.train, args.repeats):
+        for r in measure_network(dataset, params, args.repeats):
             print(f"{'K = ' + str(r['K']):<40}{r['seconds']:>10.3f}{r['ms_per_config']:>13.1f}{r['configs_per_s']:>13.1f}")
         return
     result = measure(dataset, params.train, args.repeats)

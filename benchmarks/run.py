@@ -149,7 +149,7 @@ def bench_schedules(repeats: int) -> str:
     cold `dvc repro` with study.schedules [constant, cosine, warmup_cosine] against the default."""
     params, ds = config.load_params(ROOT / "params.yaml"), data.load_prepared(ROOT / "data/prepared")
     lines = ["| engine, RMSProp | constant | cosine with warmup | ratio |", "| --- | --- | --- | --- |"]
-    for r in engine_bench.measure_schedules(ds, params.train, max(repeats, 7)):
+    for r in engine_bench.measure_schedules(ds, params, max(repeats, 7)):
         lines.append(f"| {r['problem']}, K = {r['K']} | {1000 * r['constant_s']:.2f} ms | "
                      f"{1000 * r['warmup_cosine_s']:.2f} ms | {r['ratio']:.3f}x |")
     env = _repro_env()
@@ -291,7 +291,7 @@ def main():
         params, ds = config.load_params(ROOT / "params.yaml"), data.load_prepared(ROOT / "data/prepared")
         print("| network engine, RMSProp, 1500 steps | ms per configuration | configurations per second |")
         print("| --- | --- | --- |")
-        for r in engine_bench.measure_network(ds, params.train, args.repeats):
+        for r in engine_bench.measure_network(ds, params, args.repeats):
             print(f"| K = {r['K']} | {r['ms_per_config']:.1f} | {r['configs_per_s']:.1f} |")
         print("\n" + network_trial_line(bench_study(ds, params, 30, problem="mlp")))
         return
@@ -309,7 +309,7 @@ def main():
     print("study seeds ...", flush=True)
     results["study_seeds"] = [bench_study(ds, params, 10 if q else 50, s) for s in ([1, 10] if q else [1, 3, 10, 30])]
     print("network ...", flush=True)
-    results["network"] = engine_bench.measure_network(ds, params.train, 2 if q else 3)
+    results["network"] = engine_bench.measure_network(ds, params, 2 if q else 3)
     results["network_trial"] = bench_study(ds, params, 10 if q else 30, problem="mlp")
     print("samplers ...", flush=True)
     results["samplers"] = bench_samplers(ds, params, sorted(optimizers.OPTIMIZERS))

@@ -32,9 +32,9 @@ def cmd_prepare(args, params: config.Params) -> None:
     print(f"prepared {stats['rows']} of {stats['rows_in_file']} rows; least-squares floor {floor:.6f}")
 
 
-def _hyper(args, defaults: dict, registry_setting: str) -> dict:
-    """Hyperparameters from the flags, falling back to `defaults` (optimizer -> setting, from
-    params.yaml), then to the registry's `registry_setting` ("book" or "quadratic")."""
+def _hyper(args, defaults: dict, where: str) -> dict:
+    """Hyperparameters from the flags, falling back to `defaults` (optimizer -> setting, params.yaml's
+    `where`: book or evaluate.quadratic)."""
     from pipeline.core import optimizers
 
     opt = optimizers.get(args.optimizer)
@@ -42,7 +42,11 @@ def _hyper(args, defaults: dict, registry_setting: str) -> dict:
     if foreign:
         raise PipelineError(f"--{foreign[0]} does not apply to {args.optimizer}: its hyperparameters are "
                             f"{', '.join('--' + h for h in opt.hyperparams)}")
-    setting = defaults.get(args.optimizer) or getattr(opt, registry_setting)
+    setting = defaults.get(args.optimizer, {})
+    missing = [h for h in opt.hyperparams if getattr(args, h) is None and h not in setting]
+    if missing:
+        raise PipelineError(f"params.yaml has no {where}.{args.optimizer}: add it, or pass "
+                            f"{', '.join('--' + h for h in missing)}")
     return {h: setting[h] if getattr(args, h) is None else getattr(args, h) for h in opt.hyperparams}
 
 
@@ -66,7 +70,7 @@ def cmd_train(args, params: config.Params) -> None:
     if args.init is not None and problems.get(args.problem).hidden:
         raise PipelineError(f"--init applies to the linear model only: the {args.problem} network always starts from "
                             f"Glorot-uniform weights and zero biases (pipeline/core/problems.py); drop --init")
-    protocol = config.validated(dataclasses.replace, config.for_problem(params, args.problem).train, **{
+    protocol = config.validated(dataclasses.replace, config.protocol(params, args.problem), **{
         k: v for k, v in (("batch_size", args.batch_size), ("epochs", args.epochs), ("init", args.init)) if v is not None})
     hyper = _hyper(args, params.book, "book")
     settings = _schedule_settings(args)
@@ -107,7 +111,7 @@ def cmd_train(args, params: config.Params) -> None:
 def cmd_quadratic(args, params: config.Params) -> None:
     from pipeline.core import quadratic
 
-    path = quadratic.trace(args.optimizer, _hyper(args, params.evaluate.quadratic, "quadratic"), args.steps)
+    path = quadratic.trace(args.optimizer, _hyper(args, params.evaluate.quadratic, "evaluate.quadratic"), args.steps)
     print(quadratic.book_line(path))
     if args.trace:
         from pipeline.core import fileio

@@ -33,9 +33,12 @@ def airfoil_source() -> str | None:
     return mirror
 
 
+PARAMS = config.load_params(ROOT / "params.yaml")  # the committed knobs: book settings, protocols, ranges
+
+
 @pytest.fixture(scope="session")
 def params() -> config.Params:
-    return config.load_params(ROOT / "params.yaml")
+    return PARAMS
 
 
 @pytest.fixture(scope="session")

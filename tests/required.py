@@ -39,7 +39,8 @@ def owned_processes(owner: str) -> list:
             continue
         try:
             if marker in (entry / "environ").read_bytes().split(b"\0") and \
-                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X") and \
+                    b"from multiprocessing." not in (entry / "cmdline").read_bytes():  # ends with this interpreter
                 found.append(int(entry.name))
         except (OSError, IndexError):
             continue  # ended while we looked, or not ours to read

@@ -1,7 +1,6 @@
 """The MLflow UI, optuna-dashboard and the HTML report as a person meets them, in Debian's
 Chromium driven by Playwright, over a real `dvc repro` with tiny budgets. Screenshots go to
 tests/artifacts/ (ignored by git) for a person to look at after a run."""
-import os
 import shutil
 import subprocess
 import sys

@@ -1,4 +1,6 @@
 """params.yaml is validated once, with one-line messages that name the key and the fix."""
+import re
+
 import pytest
 import yaml
 
@@ -25,6 +27,7 @@ def test_committed_params_are_valid_and_typed():
     (lambda p: p["train"].update(init="uniform"), "train.init: expected 'normal' or 'zeros'"),
     (lambda p: p["book"].update(adamw={"lr": 0.1}), "unknown optimizer 'adamw'"),
     (lambda p: p["book"].update(adam={"lr": 0.1}), "book.adam: expected exactly lr, beta1, beta2"),
+    (lambda p: p["book"].update(adam={"lr": "fast", "beta1": 0.9, "beta2": 0.999}), "book.adam.lr: expected float"),
     (lambda p: p["book"].update(rmsprop={"lr": 0.1, "gamma": 1.5}), "book.rmsprop.gamma: gamma must lie strictly between 0"),
     (lambda p: p["evaluate"]["quadratic"].update(sgd={"lr": -1}), "evaluate.quadratic.sgd.lr: lr must be positive"),
     (lambda p: p["study"].update(optimizers=["sgd", "sgd"]), "study.optimizers: each optimizer once"),
@@ -61,17 +64,52 @@ def test_bad_params_stop_the_command_in_one_line_naming_the_key(edit, expected, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing else written
 
 
-def test_left_out_settings_and_ranges_come_from_the_registry():
-    """An optimizer needs nothing in params.yaml: its ranges, book and 2-D settings are the registry's."""
-    from pipeline.core import optimizers
-
+@pytest.mark.parametrize("edit, expected", [
+    (lambda p: p["book"].pop("adam"), "params.yaml: book.adam: missing: give adam's setting (lr, beta1, beta2)"),
+    (lambda p: p["evaluate"]["quadratic"].pop("rmsprop"), "evaluate.quadratic.rmsprop: missing: give rmsprop's setting"),
+    (lambda p: p["study"]["search_space"].pop("gamma"), "study.search_space.gamma: missing: give its range"),
+    (lambda p: p["study"]["search_space"].pop("warmup"), "study.search_space.warmup: missing"),
+    (lambda p: p["protocols"].update(cnn={"epochs": 3}), "protocols.cnn: unknown problem 'cnn'"),
+    (lambda p: p["protocols"]["mlp"].update(epochs=0), "protocols.mlp.epochs: must be positive"),
+    (lambda p: p["protocols"]["mlp"].update(epoch=3), "protocols.mlp.epoch: unknown key; did you mean 'epochs'?"),
+])
+def test_every_setting_has_one_source_and_a_missing_one_is_named(edit, expected):
+    """No registry fills a gap: params.yaml is the one place a book setting, a 2-D setting, a search
+    range or a problem's protocol is written, and a missing one is refused in one line."""
+    from pipeline.core.errors import PipelineError
     raw = raw_params()
-    raw["study"]["optimizers"] = ["rmsprop", "adam"]
-    del raw["study"]["search_space"]["gamma"], raw["book"]["adam"], raw["evaluate"]["quadratic"]["adam"]
-    params = config.parse_params(raw)
-    assert params.study.search_space["gamma"] == config.Range(*optimizers.HYPERPARAMETERS["gamma"].search)
-    assert params.book["adam"] == optimizers.get("adam").book
-    assert params.evaluate.quadratic["adam"] == optimizers.get("adam").quadratic
+    raw["study"]["optimizers"] = ["sgd", "rmsprop", "adam"]
+    edit(raw)
+    with pytest.raises(PipelineError, match=re.escape(expected)):
+        config.parse_params(raw)
+
+
+def test_a_replace_runs_the_cross_field_checks_again(params):
+    """The checks are pydantic model validators: dataclasses.replace cannot skip them."""
+    import dataclasses
+    from pipeline.core.errors import PipelineError
+    with pytest.raises(PipelineError, match="study.grace_s: must exceed study.heartbeat_s"):
+        dataclasses.replace(params.study, grace_s=params.study.heartbeat_s)
+    with pytest.raises(PipelineError, match="evaluate.seeds: need at least 2 seeds"):
+        dataclasses.replace(params.evaluate, seeds=1)
+    with pytest.raises(PipelineError, match="book.adam: missing"):
+        dataclasses.replace(params, book={k: v for k, v in params.book.items() if k != "adam"},
+                            study=dataclasses.replace(params.study, optimizers=["adam"]))
+
+
+def test_each_problem_trains_by_its_protocol_from_params(params):
+    """train is every problem's protocol; protocols.<problem> changes it, and train's own knobs reach a
+    problem wherever its protocol does not set them."""
+    import dataclasses
+    assert config.protocol(params, "linreg") == params.train
+    mlp = config.protocol(params, "mlp")
+    assert (mlp.epochs, mlp.record_every, mlp.batch_size) == (10, 1500, 10)
+    raw = raw_params()
+    raw["train"].update(batch_size=20, init_std=0.02)
+    raw["protocols"]["mlp"].update(epochs=3)
+    changed = config.parse_params(raw)
+    assert config.protocol(changed, "mlp") == dataclasses.replace(changed.train, epochs=3, record_every=1500)
+    assert config.for_problem(changed, "mlp").train.batch_size == 20
 
 
 def test_passwords_are_masked_in_urls():

@@ -150,18 +150,24 @@ def test_quadratic_command_prints_line_and_saves_trace(prepared_project, tmp_pat
     assert trace.shape == (21, 4) and trace[-1, 1] == pytest.approx(-0.010599, abs=1e-6)
 
 
-def test_quadratic_falls_back_to_the_registrys_2d_setting_not_its_book_setting(prepared_project):
-    """An optimizer params.yaml does not list under evaluate.quadratic (momentum's book lr is 0.005,
-    its 2-D demo's 0.4): the demo runs with the registry's 2-D setting."""
+def test_quadratic_runs_the_2d_setting_from_params_and_names_a_missing_one(prepared_project):
+    """The 2-D demo's setting comes from evaluate.quadratic (momentum: lr 0.4, beta 0.5), never from
+    the book's (lr 0.005, beta 0.9); with neither in params.yaml nor on the command line, one line
+    names what to add."""
     import yaml
 
-    raw = yaml.safe_load((prepared_project / "params.yaml").read_text())
-    del raw["evaluate"]["quadratic"]["momentum"]
-    (prepared_project / "unlisted.yaml").write_text(yaml.safe_dump(raw))
-    fallback = _cli("--params", "unlisted.yaml", "quadratic", "--optimizer", "momentum", cwd=prepared_project)
+    listed = _cli("quadratic", "--optimizer", "momentum", cwd=prepared_project)
     explicit = _cli("quadratic", "--optimizer", "momentum", "--lr", "0.4", "--beta", "0.5", cwd=prepared_project)
     book = _cli("quadratic", "--optimizer", "momentum", "--lr", "0.005", "--beta", "0.9", cwd=prepared_project)
-    assert fallback.returncode == 0 and fallback.stdout == explicit.stdout != book.stdout
+    assert listed.returncode == 0 and listed.stdout == explicit.stdout != book.stdout
+    raw = yaml.safe_load((prepared_project / "params.yaml").read_text())
+    del raw["evaluate"]["quadratic"]["momentum"]  # momentum is not in study.optimizers: params stay valid
+    (prepared_project / "unlisted.yaml").write_text(yaml.safe_dump(raw))
+    assert_one_line_error(_cli("--params", "unlisted.yaml", "quadratic", "--optimizer", "momentum", cwd=prepared_project),
+                          "params.yaml has no evaluate.quadratic.momentum: add it, or pass --lr, --beta")
+    partial = _cli("--params", "unlisted.yaml", "quadratic", "--optimizer", "momentum", "--lr", "0.4", "--beta", "0.5",
+                   cwd=prepared_project)
+    assert partial.stdout == explicit.stdout
 
 
 def test_a_schedule_of_over_a_million_steps_compiles_and_trains(dataset, params):

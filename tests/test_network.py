@@ -5,8 +5,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipeline.core import engine, network, optimizers, problems, randomness
+from pipeline.core import config, engine, network, problems, randomness
 from test_optimizers import ALL, numpy_step
+from conftest import PARAMS
 
 SIZES = (5, 64, 64, 1)
 
@@ -49,7 +50,7 @@ def test_network_follows_float64_numpy_for_100_steps(name, batch, dataset, param
     # The book's settings at a fifth of the learning rate: at the book's own, Adam and RMSProp oscillate
     # on full batch (loss 0.18, 0.41, 0.14, 0.32, ...), and an oscillating trajectory grows float32's
     # rounding past 1e-5 whatever the implementation; this checks the formulas, not the chaos.
-    hyper = {h: v / 5 if h == "lr" else v for h, v in optimizers.get(name).book.items()}
+    hyper = {h: v / 5 if h == "lr" else v for h, v in PARAMS.book[name].items()}
     ours = engine.train(small, name, hyper, [7], protocol, "mlp")
     theta = network.initial_params(7, SIZES).astype(np.float64)
     order = randomness.batch_order(7, rows, protocol)
@@ -71,10 +72,9 @@ def test_network_batched_call_equals_single_calls(name, dataset, params):
     """Rows never mix: five configurations (two sharing a seed) in one call equal five calls, bit
     for bit, loss, parameters and effective lr; a shared seed means the same start and batches. On
     a 2-core machine the five train as two concurrent compiled calls of three rows (one padded)."""
-    protocol = dataclasses.replace(problems.protocol("mlp", params.train), epochs=2)
-    opt = optimizers.get(name)
+    protocol = dataclasses.replace(config.protocol(params, "mlp"), epochs=2)
     hyper = {h: np.array([v * f for f in (0.5, 1.0, 1.0, 2.0, 0.5)]) if h == "lr" else np.array([v, v, v ** 2, v, v ** 2])
-             for h, v in opt.book.items()}
+             for h, v in PARAMS.book[name].items()}
     seeds = np.array([0, 4, 4, 1, 0])
     batched = engine.train(dataset, name, hyper, seeds, protocol, "mlp")
     for i in range(5):
@@ -92,7 +92,7 @@ def test_optimizers_side_by_side_equal_their_own_calls(dataset, params):
     groups = {name: [(params.book[name], [3, 5]), ({**params.book[name], "lr": params.book[name].get("lr", 1.0) / 2}, [5])]
               for name in ("sgd", "adagrad", "rmsprop")}
     for problem in ("mlp", "linreg"):
-        protocol = dataclasses.replace(problems.protocol(problem, params.train), epochs=1)
+        protocol = dataclasses.replace(config.protocol(params, problem), epochs=1)
         together = engine.train_optimizers(dataset, groups, protocol, problem)
         assert list(together) == list(groups)
         for name, group in groups.items():
@@ -129,7 +129,7 @@ def test_network_protocol_keeps_every_book_setting_improving(dataset, params):
     """The premise of the problem (README, "The problems"): at the end of the registry's protocol the
     model still needs updates (every book setting's mean loss falls over the last fifth of training,
     two epochs, on eight evaluation seeds; one epoch is within minibatch noise for some), and Adagrad's rates have kept falling while RMSProp's have not."""
-    protocol = problems.protocol("mlp", params.train)
+    protocol = config.protocol(params, "mlp")
     seeds = np.arange(params.evaluate.first_seed, params.evaluate.first_seed + 8)
     per_epoch = round(len(dataset.target) / protocol.record_every)
     medians = {}

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline.core import engine, optimizers, pieces, quadratic, randomness, reference
+from conftest import PARAMS
 
 ALL = sorted(optimizers.OPTIMIZERS)
 WITH_KERAS = [name for name in ALL if optimizers.get(name).keras is not None]
@@ -60,7 +61,7 @@ def test_engine_follows_the_book_formula_step_by_step_on_the_airfoil_data(name, 
     against the float64 NumPy formulas on the same batches: equal to float32 precision."""
     protocol = dataclasses.replace(params.train, epochs=1, record_every=10)
     small = dataset._replace(features=dataset.features[:200], target=dataset.target[:200])
-    hyper = optimizers.get(name).book
+    hyper = PARAMS.book[name]
     ours = engine.train(small, name, hyper, [3], protocol)
     theta0, batches = randomness.seed_stream(3, 200, 5, protocol)
     X = np.concatenate([small.features, np.ones((200, 1))], axis=1).astype(np.float64)
@@ -80,7 +81,7 @@ def test_engine_follows_the_book_formula_step_by_step_on_the_airfoil_data(name, 
 def test_engine_follows_keras_trajectory(name, dataset, params):
     """Same seed stream, same batches: the engine and Keras's built-in (through the book's loop,
     compiled as the evaluation runs it) agree at every record."""
-    hyper = optimizers.get(name).book
+    hyper = PARAMS.book[name]
     ours = engine.train(dataset, name, hyper, [3], params.train)
     keras = reference.train_eager(dataset, name, hyper, 3, params.train, use_keras=True, book_loop=False)
     np.testing.assert_array_equal(ours.examples, keras.examples)
@@ -97,8 +98,8 @@ def test_update_matches_keras_step_by_step(name):
     theta = tf.Variable(rng.normal(size=(1, 6)).astype(np.float32))
     ours = tf.constant(theta.numpy())
     state = opt.init(ours)
-    hyper = {k: tf.constant([[v]], tf.float32) for k, v in opt.book.items()}
-    keras = reference.keras_optimizer(name, opt.book)
+    hyper = {k: tf.constant([[v]], tf.float32) for k, v in PARAMS.book[name].items()}
+    keras = reference.keras_optimizer(name, PARAMS.book[name])
     start = theta.numpy()
     for _ in range(50):
         g = tf.constant(rng.normal(size=(1, 6)).astype(np.float32))
@@ -128,15 +129,14 @@ def test_effective_lr_is_read_from_state():
 
 @pytest.mark.parametrize("name", ALL)
 def test_book_settings_on_the_airfoil_data_end_near_the_books_numbers(name, dataset, params):
-    result = engine.train(dataset, name, optimizers.get(name).book, [0, 1, 2], params.train)
+    result = engine.train(dataset, name, PARAMS.book[name], [0, 1, 2], params.train)
     assert ((result.final_loss > 0.240) & (result.final_loss < 0.255)).all(), result.final_loss
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_batched_call_equals_single_calls_for_every_optimizer(name, dataset, params):
-    opt = optimizers.get(name)
     hyper = {h: np.array([v * f for f in (0.5, 1.0, 1.0)]) if h == "lr" else np.array([v, v, v ** 2])
-             for h, v in opt.book.items()}
+             for h, v in PARAMS.book[name].items()}
     seeds = np.array([0, 4, 4])
     batched = engine.train(dataset, name, hyper, seeds, params.train)
     for i in range(3):
@@ -149,7 +149,7 @@ def test_effective_lr_shapes_the_book_story(dataset, params):
     """Adagrad's rate only decays; RMSProp's stops decaying; SGD's is constant; Adam's bias
     correction keeps its first rates from being tiny; Adadelta's scale grows from sqrt(eps)."""
     def eff(name, **hyper):
-        return engine.train(dataset, name, {**optimizers.get(name).book, **hyper}, [0], params.train).effective_lr[0]
+        return engine.train(dataset, name, {**PARAMS.book[name], **hyper}, [0], params.train).effective_lr[0]
     adagrad = eff("adagrad")
     assert (np.diff(adagrad, axis=0) <= 0).all()
     assert (adagrad[-1] < 0.5 * adagrad[0]).all()
@@ -177,7 +177,7 @@ def test_quadratic_prints_the_books_line():
 @pytest.mark.parametrize("name", ALL)
 def test_quadratic_demo_follows_the_numpy_formula(name):
     """The 2-D demo of every optimizer (float64) against the NumPy formulas."""
-    hyper = optimizers.get(name).quadratic
+    hyper = PARAMS.evaluate.quadratic[name]
     path = quadratic.trace(name, hyper, steps=20)
     x, state = np.array(quadratic.START), {}
     for t in range(1, 21):

@@ -6,8 +6,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipeline.core import engine, network, optimizers, problems, randomness, schedules
+from pipeline.core import config, engine, network, randomness, schedules
 from test_network import numpy_loss, numpy_network
+from conftest import PARAMS
 from test_optimizers import ALL, numpy_step
 
 # Every schedule, with its study settings at values other than the defaults.
@@ -65,7 +66,7 @@ def test_linear_model_under_a_schedule_follows_float64(name, schedule, dataset, 
     factor from the README's words."""
     protocol = dataclasses.replace(params.train, epochs=2, record_every=10)
     small = dataset._replace(features=dataset.features[:200], target=dataset.target[:200])
-    hyper = optimizers.get(name).book
+    hyper = PARAMS.book[name]
     ours = engine.train(small, name, {**hyper, **SETTINGS[schedule]}, [3], protocol, schedule=schedule)
     theta0, batches = randomness.seed_stream(3, 200, 5, protocol)
     X = np.concatenate([small.features, np.ones((200, 1))], axis=1).astype(np.float64)
@@ -88,7 +89,7 @@ def test_network_under_warmup_cosine_follows_float64(name, dataset, params):
     rows, batch, sizes = 200, 10, (5, 64, 64, 1)
     protocol = dataclasses.replace(params.train, batch_size=batch, epochs=5, record_every=batch)
     small = dataset._replace(features=dataset.features[:rows], target=dataset.target[:rows])
-    hyper = {h: v / 5 if h == "lr" else v for h, v in optimizers.get(name).book.items()}
+    hyper = {h: v / 5 if h == "lr" else v for h, v in PARAMS.book[name].items()}
     ours = engine.train(small, name, {**hyper, **SETTINGS["warmup_cosine"]}, [7], protocol, "mlp", "warmup_cosine")
     theta = network.initial_params(7, sizes).astype(np.float64)
     X, y = small.features.astype(np.float64), small.target.astype(np.float64)
@@ -104,11 +105,11 @@ def test_network_under_warmup_cosine_follows_float64(name, dataset, params):
 def test_rows_with_different_schedules_equal_single_calls(name, problem, dataset, params):
     """Constant, cosine, warmup_cosine and multifactor rows (two sharing a seed) in one call equal
     four calls, bit for bit; a setting a row's schedule does not read (NaN here) changes nothing."""
-    protocol = dataclasses.replace(problems.protocol(problem, params.train), epochs=2)
+    protocol = dataclasses.replace(config.protocol(params, problem), epochs=2)
     names = ["constant", "cosine", "warmup_cosine", "multifactor"]
     settings = {"final": np.array([np.nan, 0.01, 0.1, np.nan]), "warmup": np.array([np.nan, np.nan, 0.1, np.nan]),
                 "drop": np.array([np.nan, np.nan, np.nan, 0.5])}
-    hyper, seeds = optimizers.get(name).book, np.array([0, 4, 4, 5])
+    hyper, seeds = PARAMS.book[name], np.array([0, 4, 4, 5])
     batched = engine.train(dataset, name, {**hyper, **settings}, seeds, protocol, problem, names)
     for i, schedule in enumerate(names):
         own = {s: v[i] for s, v in settings.items() if s in schedules.get(schedule).run_settings}

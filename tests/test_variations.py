@@ -19,7 +19,7 @@ from pipeline.stages import evaluate, prepare, report
 from pipeline.stages import study as study_stage
 from pipeline.stages.evaluate import landscape
 from pipeline.stages.study import storage, outputs as study_outputs
-from conftest import ROOT, cli, prepared_project, read_csv, run_env
+from conftest import PARAMS, ROOT, cli, prepared_project, read_csv, run_env
 
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
 TINY = {"study": {"n_trials": 3, "seeds_per_trial": 2},
@@ -234,7 +234,7 @@ def check_schedules(params: config.Params, dataset: data.Dataset, root) -> None:
     page = (root / "reports/report.html").read_text()
     assert "Learning-rate schedules" in page and "cosine with warmup" in page and "multi-factor" in page
     for p in params.study.problems:
-        protocol = problems.protocol(p, params.train)
+        protocol = config.protocol(params, p)
         seeds = np.arange(params.evaluate.first_seed, params.evaluate.first_seed + params.evaluate.seeds)
         for o in params.study.optimizers:
             constant = json.loads((root / f"studies/{p}/{o}/constant/best.json").read_text())["hyperparams"]
@@ -256,13 +256,15 @@ def summary_examples(root):
 
 
 def test_a_new_optimizer_registered_in_one_place_runs_through_every_stage(raw_file, tmp_path, monkeypatch):
-    """The README's "Adding an optimizer": sign-SGD, one entry in the registry, nothing else."""
+    """The README's "Adding an optimizer": sign-SGD, one entry in the registry and its two settings in
+    params.yaml (its lr's range is lr's, already there)."""
     sign = pieces.Transform((), lambda params: (), lambda u, state, h: (pieces.tf.sign(u), state))
     monkeypatch.setitem(optimizers.OPTIMIZERS, "signsgd", optimizers.build(
-        "signsgd", "signSGD", pieces.chain(sign, pieces.scale_by_learning_rate()),
-        book={"lr": 0.01}, quadratic={"lr": 0.2}))
-    raw = merged(DEFAULTS, merged(TINY, {"study": {"optimizers": ["signsgd", "sgd"]}}))
-    params = config.parse_params(raw)  # no book, 2-D or search-space entry for it: the registry's
+        "signsgd", "signSGD", pieces.chain(sign, pieces.scale_by_learning_rate())))
+    raw = merged(DEFAULTS, merged(TINY, {"study": {"optimizers": ["signsgd", "sgd"]},
+                                         "book": {"signsgd": {"lr": 0.01}},
+                                         "evaluate": {"quadratic": {"signsgd": {"lr": 0.2}}}}))
+    params = config.parse_params(raw)
     prepare.prepare(raw_file, tmp_path / "prepared", params.data.n_rows, params.data.sha1)
     summary, captions = run_pipeline(params, data.load_prepared(tmp_path / "prepared"), tmp_path)
     check_complete_and_finite(params, tmp_path, captions)
@@ -272,11 +274,13 @@ def test_a_new_optimizer_registered_in_one_place_runs_through_every_stage(raw_fi
 
 
 def test_a_new_problem_registered_in_one_place_runs_through_every_stage(raw_file, tmp_path, monkeypatch):
-    """The README's "Adding a problem": a one-layer ReLU network of 16 units, one entry in the registry."""
+    """The README's "Adding a problem": a one-layer ReLU network of 16 units, one entry in the registry
+    and its protocol in params.yaml."""
     monkeypatch.setitem(problems.PROBLEMS, "relu16", problems.Problem(
-        "relu16", "ReLU network 5-16-1", (16,), "relu", {"epochs": 3, "record_every": 500}, "best_known",
+        "relu16", "ReLU network 5-16-1", (16,), "relu", "best_known",
         dense_analyses=False, convex=False, description="one hidden layer of 16 ReLU units"))
-    raw = merged(DEFAULTS, merged(TINY, {"study": {"problems": ["linreg", "relu16"], "optimizers": ["adagrad", "rmsprop"]}}))
+    raw = merged(DEFAULTS, merged(TINY, {"study": {"problems": ["linreg", "relu16"], "optimizers": ["adagrad", "rmsprop"]},
+                                         "protocols": {"relu16": {"epochs": 3, "record_every": 500}}}))
     params = config.parse_params(raw)
     prepare.prepare(raw_file, tmp_path / "prepared", params.data.n_rows, params.data.sha1)
     dataset = data.load_prepared(tmp_path / "prepared")
@@ -393,7 +397,7 @@ def test_quadratic_takes_every_flag_and_foreign_flags_are_refused(raw_file, tmp_
     from pipeline.core import quadratic
     root = prepared_project(tmp_path / "project", raw_file)
     for name in optimizers.OPTIMIZERS:
-        setting = {h: v * 0.9 for h, v in optimizers.get(name).quadratic.items()}
+        setting = {h: v * 0.9 for h, v in PARAMS.evaluate.quadratic[name].items()}
         flags = [x for h, v in setting.items() for x in (f"--{h}", repr(v))]
         result = cli("quadratic", "--optimizer", name, *flags, "--steps", "7", cwd=root)
         assert result.stdout.strip() == quadratic.book_line(quadratic.trace(name, setting, 7)), result.stderr

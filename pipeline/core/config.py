@@ -1,10 +1,11 @@
 """params.yaml, validated once at the edge into typed, frozen objects.
 
 The objects are pydantic dataclasses (frozen, unknown keys forbidden, strict scalars, Literal for
-choices, bounds as Field constraints), so `dataclasses.replace` and `asdict` work on them and a
-replace is validated again. What pydantic cannot know (the registry's optimizers and
-hyperparameters, ranges against their kinds, keys that depend on each other) is checked after it.
-Every problem is reported as one line naming the key and the fix, in our words, not pydantic's
+choices, bounds as Field constraints), so `dataclasses.replace` and `asdict` work on them. Checks
+that span fields or read the registries (optimizers and hyperparameters, ranges against their
+kinds, keys that depend on each other) are model validators, so a `replace` runs them again too.
+Every setting has one source, params.yaml: the registries hold no default that is a knob. Every
+problem is reported as one line naming the key and the fix, in our words, not pydantic's
 (`describe`). Nothing below this module reads YAML or the environment.
 """
 import dataclasses
@@ -15,11 +16,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
-from pipeline.core import optimizers, problems, schedules
+from pipeline.core import optimizers, problems
 from pipeline.core.errors import PipelineError
+from pipeline.core.params_checks import fail, validate_settings, validate_study
 
 PARAMS_FILE = Path("params.yaml")
 Positive = Annotated[StrictInt, Field(gt=0)]
@@ -43,7 +45,7 @@ class DataParams:
 
 @frozen
 class TrainParams:
-    """The training protocol the engine follows (the book's train_ch11 by default)."""
+    """The training protocol the engine follows: `train` with a problem's changes (`protocols`)."""
 
     batch_size: Positive
     epochs: Positive
@@ -51,6 +53,15 @@ class TrainParams:
     init: Literal["normal", "zeros"]  # "normal": w ~ N(0, init_std); "zeros": w = 0; b = 0 either way
     init_std: PositiveFloat
     diverge_factor: PositiveFloat  # a run whose loss ever exceeds this multiple of its starting loss diverged
+
+
+@frozen
+class ProtocolChanges:
+    """What one problem changes in `train` (params.yaml's `protocols.<problem>`); None keeps train's."""
+
+    batch_size: typing.Optional[Positive] = None
+    epochs: typing.Optional[Positive] = None
+    record_every: typing.Optional[Positive] = None
 
 
 @frozen
@@ -78,6 +89,11 @@ class StudyParams:
     grace_s: Positive  # ... and is failed as abandoned after this long without one
     reconnect_s: Positive  # RDB storages: how long workers wait for a restarting database before stopping
 
+    @model_validator(mode="after")
+    def consistent(self):
+        validate_study(self)
+        return self
+
 
 @frozen
 class EvaluateParams:
@@ -93,7 +109,14 @@ class EvaluateParams:
     refine_points: Positive  # the best known value: a finer grid of this many points per axis around the best
     equivalence_margin: PositiveFloat  # differences within this fraction of (initial loss - floor) are negligible
     quadratic_steps: Positive
-    quadratic: dict  # optimizer -> hyperparameters for the 2-D demo (the registry's where left out)
+    quadratic: typing.Dict[str, typing.Dict[str, StrictFloat]]  # optimizer -> hyperparameters for the 2-D demo
+
+    @model_validator(mode="after")
+    def consistent(self):
+        if self.seeds < 2:
+            fail("evaluate.seeds", "need at least 2 seeds for a confidence interval")
+        validate_settings(self.quadratic, "evaluate.quadratic")
+        return self
 
 
 @frozen
@@ -105,22 +128,41 @@ class MlflowParams:
 class Params:
     data: DataParams
     train: TrainParams
-    book: dict  # optimizer -> {hyperparameter: value}, the book's settings (the registry's where left out)
+    protocols: typing.Dict[str, ProtocolChanges]  # problem -> its changes to `train`
+    book: typing.Dict[str, typing.Dict[str, StrictFloat]]  # optimizer -> {hyperparameter: value}, the book's settings
     study: StudyParams
     evaluate: EvaluateParams
     mlflow: MlflowParams
     problem: StrictStr = "linreg"  # not in params.yaml: set by for_problem, which also sets train
     schedule: StrictStr = "constant"  # not in params.yaml: the study stage's, set by for_problem
 
+    @model_validator(mode="after")
+    def consistent(self):
+        for name in self.protocols:
+            if name not in problems.PROBLEMS:
+                fail(f"protocols.{name}", f"unknown problem {name!r}: choose from {', '.join(problems.PROBLEMS)}")
+        validate_settings(self.book, "book")
+        # The evaluation's schedule demo always runs the book's SGD (stages/evaluate/scheduled.py).
+        for where, settings, needed in (("book", self.book, [*self.study.optimizers, "sgd"]),
+                                        ("evaluate.quadratic", self.evaluate.quadratic, self.study.optimizers)):
+            for name in dict.fromkeys(needed):
+                if name not in settings:
+                    fail(f"{where}.{name}", f"missing: give {name}'s setting "
+                                             f"({', '.join(optimizers.get(name).hyperparams)}), as for the others")
+        return self
+
+
+def protocol(params: Params, problem: str) -> TrainParams:
+    """`train` with the problem's changes from `protocols`."""
+    changes = params.protocols.get(problem)
+    given = {} if changes is None else {k: v for k, v in dataclasses.asdict(changes).items() if v is not None}
+    return validated(dataclasses.replace, params.train, **given)
+
 
 def for_problem(params: Params, problem: str, schedule: str = "constant") -> Params:
-    """The params one problem's stages run with: its name, `train` with the problem's changes, and
-    the schedule a study trains with."""
-    return dataclasses.replace(params, problem=problem, schedule=schedule, train=problems.protocol(problem, params.train))
-
-
-def _fail(where: str, message: str) -> typing.NoReturn:
-    raise PipelineError(f"params.yaml: {where}: {message}")
+    """The params one problem's stages run with: its name, its protocol as `train`, and the schedule
+    a study trains with."""
+    return dataclasses.replace(params, problem=problem, schedule=schedule, train=protocol(params, problem))
 
 
 # --- pydantic's errors in our words ------------------------------------------------------------
@@ -180,7 +222,7 @@ def validated(build, *args, **kwargs):
     except ValidationError as e:
         errors = e.errors()  # an unknown key first: "did you mean" is the most helpful line
         first = next((x for x in errors if x["type"] in ("unexpected_keyword_argument", "extra_forbidden")), errors[0])
-        _fail(*describe(first))
+        fail(*describe(first))
 
 
 def check(annotation, value, what: str):
@@ -191,99 +233,12 @@ def check(annotation, value, what: str):
         raise ValueError(describe({**e.errors()[0], "loc": (what,)})[1]) from None
 
 
-# --- what pydantic cannot know ------------------------------------------------------------------
-
-def _validate_settings(settings: dict, where: str, fallback: str, optimizer_names) -> dict:
-    """optimizer -> {hyperparameter: value}, exactly the optimizer's hyperparameters; an optimizer
-    params.yaml leaves out gets the registry's setting (`fallback`: "book" or "quadratic")."""
-    checked = {}
-    for name, hyper in settings.items():
-        opt = optimizers.get(name)
-        if not isinstance(hyper, dict) or set(hyper) != set(opt.hyperparams):
-            _fail(f"{where}.{name}", f"expected exactly {', '.join(opt.hyperparams)}, got {hyper!r}")
-        checked[name] = {}
-        for k, v in hyper.items():
-            try:
-                checked[name][k] = check(StrictFloat, v, k)
-            except ValueError as e:
-                _fail(f"{where}.{name}.{k}", str(e))
-            _check_value(f"{where}.{name}.{k}", k, checked[name][k])
-    for name in optimizer_names:
-        checked.setdefault(name, dict(getattr(optimizers.get(name), fallback)))
-    return checked
-
-
-def _check_value(where: str, name: str, value: float) -> None:
-    kind = optimizers.hyperparameter(name).kind
-    if kind == "decay" and not 0 < value < 1:
-        _fail(where, f"{name} must lie strictly between 0 and 1, got {value}")
-    if kind == "lr" and not value > 0:
-        _fail(where, f"{name} must be positive, got {value}")
-
-
-def _validate_range(name: str, r: Range) -> Range:
-    where = f"study.search_space.{name}"
-    if name in schedules.RUN_SETTINGS:  # a fraction of the run; low = high fixes it
-        inside = "[0, 1)" if name == "warmup" else "(0, 1]"
-        ok_low = r.low >= 0 if name == "warmup" and r.scale == "linear" else r.low > 0
-        if r.scale == "log1m" or r.low > r.high or not ok_low or r.high > 1 or (name == "warmup" and r.high >= 1):
-            _fail(where, f"{name} is a fraction of the run in {inside}: expected low <= high inside it, "
-                         f"scale linear or log, got [{r.low}, {r.high}] {r.scale}")
-        return r
-    optimizers.hyperparameter(name)
-    if r.low >= r.high:
-        _fail(where, f"low ({r.low}) must be below high ({r.high})")
-    if r.scale == "log" and r.low <= 0:
-        _fail(f"{where}.low", f"a log range must start above 0, got {r.low}")
-    if r.scale == "log1m" and not (0 < r.low and r.high < 1):
-        _fail(where, f"a log1m range must lie inside (0, 1), got [{r.low}, {r.high}]")
-    if optimizers.hyperparameter(name).kind == "decay" and not (0 < r.low and r.high < 1):
-        _fail(where, f"{name} must lie inside (0, 1), got [{r.low}, {r.high}]")
-    if optimizers.hyperparameter(name).kind == "lr" and r.low <= 0:
-        _fail(f"{where}.low", f"{name} must be positive, got {r.low}")
-    return r
-
-
-def _validate_study(study: StudyParams) -> StudyParams:
-    if study.grace_s <= study.heartbeat_s:
-        _fail("study.grace_s", f"must exceed study.heartbeat_s ({study.heartbeat_s}), got {study.grace_s}")
-    if not study.optimizers or not all(isinstance(o, str) for o in study.optimizers):
-        _fail("study.optimizers", f"list at least one optimizer by name, got {study.optimizers!r}")
-    if len(set(study.optimizers)) != len(study.optimizers):
-        _fail("study.optimizers", f"each optimizer once, got {study.optimizers!r}")
-    if not study.problems or len(set(study.problems)) != len(study.problems):
-        _fail("study.problems", f"list each problem once, got {study.problems!r}")
-    for name in study.problems:
-        if name not in problems.PROBLEMS:
-            _fail("study.problems", f"unknown problem {name!r}: choose from {', '.join(problems.PROBLEMS)}")
-    if not study.schedules or len(set(study.schedules)) != len(study.schedules):
-        _fail("study.schedules", f"list each schedule once, got {study.schedules!r}")
-    for name in study.schedules:
-        if name not in schedules.SCHEDULES:
-            _fail("study.schedules", f"unknown schedule {name!r}: choose from {', '.join(schedules.SCHEDULES)}")
-    space = {name: _validate_range(name, r) for name, r in study.search_space.items()}
-    for name in study.optimizers:  # a hyperparameter params.yaml leaves out gets the registry's range
-        for h in optimizers.get(name).hyperparams:
-            space.setdefault(h, Range(*optimizers.hyperparameter(h).search))
-    for name, setting in schedules.RUN_SETTINGS.items():  # any schedule can be run (`study --schedule`)
-        space.setdefault(name, Range(*setting.search))
-    return dataclasses.replace(study, search_space=space, optimizers=list(study.optimizers),
-                               problems=list(study.problems), schedules=list(study.schedules))
-
-
 def parse_params(raw) -> Params:
     if not isinstance(raw, dict):
-        _fail("top level", f"expected a mapping, got {type(raw).__name__}")
+        fail("top level", f"expected a mapping, got {type(raw).__name__}")
     if "problem" in raw:  # set per stage from study.problems, never by hand
-        _fail("problem", "unknown key; did you mean 'study.problems'?")
-    params = validated(TypeAdapter(Params).validate_python, raw)
-    if params.evaluate.seeds < 2:
-        _fail("evaluate.seeds", "need at least 2 seeds for a confidence interval")
-    study = _validate_study(params.study)
-    book = _validate_settings(params.book, "book", "book", study.optimizers)
-    evaluate = dataclasses.replace(params.evaluate, quadratic=_validate_settings(
-        params.evaluate.quadratic, "evaluate.quadratic", "quadratic", study.optimizers))
-    return dataclasses.replace(params, book=book, study=study, evaluate=evaluate)
+        fail("problem", "unknown key; did you mean 'study.problems'?")
+    return validated(TypeAdapter(Params).validate_python, raw)
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:

@@ -160,7 +160,7 @@ def train(
     """Train K configurations of a registered problem's model: hyper maps each of the optimizer's
     hyperparameters, and each study setting of the schedule (schedules.RUN_SETTINGS), to K values
     (or one value for all), seeds gives K seeds (or one), schedule one name or K. `protocol` is
-    the problem's (problems.protocol)."""
+    the problem's (config.protocol)."""
     opt = optimizers.get(optimizer)
     names = np.broadcast_to(np.asarray(schedule, dtype=object), np.shape(schedule))
     wanted = set(opt.hyperparams) | {s for n in set(names.flat) for s in schedules.get(n).run_settings}

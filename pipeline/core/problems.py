@@ -1,11 +1,10 @@
 """The problem registry: the one place that knows a problem, as optimizers.py is for optimizers.
 
-A problem is a model trained on the prepared airfoil data: its layers, its initialiser, its
-training protocol (params.yaml's `train`, with the problem's changes), how its reference floor is
-obtained, and which of the evaluation's dense analyses it can afford. Every stage follows it.
-To add a problem, add one `Problem(...)` to PROBLEMS.
+A problem is a model trained on the prepared airfoil data: its layers, its initialiser, how its
+reference floor is obtained, and which of the evaluation's dense analyses it can afford. Every stage
+follows it. Its training protocol is a knob: params.yaml's `train` with the problem's changes in
+`protocols.<name>` (config.protocol). To add a problem, add one `Problem(...)` to PROBLEMS.
 """
-import dataclasses
 from typing import NamedTuple
 
 from pipeline.core.errors import PipelineError
@@ -16,7 +15,6 @@ class Problem(NamedTuple):
     label: str  # how the report names it
     hidden: tuple  # hidden layer widths; () is the book's linear regression (the engine's Gram fast path)
     activation: str  # "tanh" or "relu", between hidden layers
-    protocol: dict  # changes to params.yaml's `train` (batch_size, epochs, record_every)
     floor: str  # "least_squares": the closed-form minimum; "best_known": the lowest loss any run found
     dense_analyses: bool  # landscape grid, random search, sampler race, Keras parity: affordable here
     convex: bool  # the report's claim about Adagrad contrasts convex and non-convex problems
@@ -24,14 +22,12 @@ class Problem(NamedTuple):
 
 
 PROBLEMS = {p.name: p for p in (
-    Problem("linreg", "linear regression (convex)", (), "none", {}, "least_squares", True, True,
+    Problem("linreg", "linear regression (convex)", (), "none", "least_squares", True, True,
             "the book's linear regression y = Xw + b, w ~ N(0, train.init_std), b = 0: convex least squares"),
     # Two tanh layers of 64 (4,609 parameters), Glorot-uniform weights and zero biases from the seed.
     # tanh rather than ReLU: a smooth loss, so the float64 check holds on every step (no kink a rounding
-    # error can flip) and no unit dies. 10 epochs (1,500 steps of 10 rows) keep every optimizer
-    # improving at the last record and let Adagrad's sum of squares grow for 1,500 steps.
-    Problem("mlp", "tanh network 5-64-64-1 (non-convex)", (64, 64), "tanh", {"epochs": 10, "record_every": 1500},
-            "best_known", False, False,
+    # error can flip) and no unit dies. Its protocol (params.yaml, protocols.mlp) trains 10 epochs.
+    Problem("mlp", "tanh network 5-64-64-1 (non-convex)", (64, 64), "tanh", "best_known", False, False,
             "a fully connected network 5 -> 64 -> 64 -> 1 with tanh, Glorot-uniform weights, zero biases"),
 )}
 
@@ -41,11 +37,6 @@ def get(name: str) -> Problem:
         return PROBLEMS[name]
     except KeyError:
         raise PipelineError(f"unknown problem {name!r}: choose one of {', '.join(sorted(PROBLEMS))}") from None
-
-
-def protocol(name: str, train):
-    """params.yaml's training protocol with the problem's changes (a TrainParams)."""
-    return dataclasses.replace(train, **get(name).protocol)
 
 
 def layer_sizes(name: str, n_features: int) -> tuple:

@@ -101,14 +101,14 @@ class RunSetting(NamedTuple):
 
     name: str
     description: str
-    search: tuple  # default search range (low, high, scale); params.yaml's study.search_space overrides
-    default: float  # outside a study (`train --schedule`, the evaluation's cosine demo)
+    default: float  # outside a study (`train --schedule`, the evaluation's cosine demo); a study searches
+                    # params.yaml's study.search_space.<name>
 
 
 RUN_SETTINGS = {s.name: s for s in (
-    RunSetting("final", "the rate at the end of the run, as a fraction of the initial rate", (1e-3, 1.0, "log"), 0.01),
-    RunSetting("warmup", "the fraction of the run spent warming up linearly from 0", (0.01, 0.3, "linear"), 0.1),
-    RunSetting("drop", "the multiplier at each decay point (multifactor)", (0.01, 1.0, "log"), 0.1),
+    RunSetting("final", "the rate at the end of the run, as a fraction of the initial rate", 0.01),
+    RunSetting("warmup", "the fraction of the run spent warming up linearly from 0", 0.1),
+    RunSetting("drop", "the multiplier at each decay point (multifactor)", 0.1),
 )}
 DROP_AT = (0.5, 0.75)  # multifactor's decay points in a study, as fractions of the run
 

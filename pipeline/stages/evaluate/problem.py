@@ -69,7 +69,7 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
         studies[name] = best, trials = read_study(params.problem, name, studies_dir)
         # An optimizer no framework ships (no `defaults` in the registry) meets its book setting there.
         settings_of[name] = settings = {"tuned": best["hyperparams"], "book": params.book[name],
-                                        "defaults": opt.defaults or opt.book}
+                                        "defaults": opt.defaults or params.book[name]}
         groups = [(hyper, seeds) for hyper in settings.values()]
         if problem.dense_analyses:
             points, grid_hyper, grid_seeds = landscape.landscape_grid(name, params)
