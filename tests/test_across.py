@@ -77,3 +77,53 @@ def test_no_claim_without_both_kinds_of_problem():
     s = claim_summary("equivalent", "worse")
     del s["problems"]["mlp"]
     assert findings.seed_claim(s) is None
+
+
+@pytest.mark.parametrize("order", [["adagrad", "rmsprop", "sgd"], ["rmsprop", "sgd", "adagrad"]])
+def test_the_claim_is_adagrad_minus_rmsprop_whichever_is_listed_first(order):
+    """With RMSProp listed first the family holds rmsprop_vs_adagrad, and the claim flips it: either
+    way, tuned Adagrad - RMSProp against a computation written here (Walsh averages, the Wilcoxon
+    table's critical value for n = 12, scipy's exact test, Holm by hand)."""
+    import statistics as py_statistics
+
+    from scipy import stats
+
+    from pipeline.stages.evaluate import comparisons
+    rng = np.random.default_rng(5)
+    base = rng.normal(0.3, 0.01, 12)
+    losses = {"adagrad": base + rng.normal(0.004, 0.002, 12), "rmsprop": base, "sgd": base + rng.normal(0.01, 0.003, 12)}
+    scores = {o: {"tuned": losses[o], "book": losses[o] + 0.001 * (o == "adagrad"), "defaults": losses[o] + 0.002}
+              for o in order}
+    pairs = comparisons.paired_comparisons(scores, 0.001, 0)["pairs"]
+    assert ("rmsprop_vs_adagrad" in pairs) == (order[0] == "rmsprop")
+    claim = across.adagrad_against_rmsprop(scores, pairs, 0.001)["tuned"]
+
+    d = losses["adagrad"] - losses["rmsprop"]
+    walsh = sorted((d[i] + d[j]) / 2 for i in range(12) for j in range(i, 12))  # 78 averages
+    assert claim["estimate"] == pytest.approx(py_statistics.median(walsh), rel=1e-12)
+    # Two-sided 5% critical value of the signed-rank statistic for n = 12 is 13 (reject T <= 13), so
+    # the interval runs from the 14th smallest Walsh average to the 14th largest.
+    assert claim["ci"] == pytest.approx([walsh[13], walsh[78 - 14]], rel=1e-12)
+    p = {pair: stats.wilcoxon(losses[a] - losses[b], method="exact").pvalue
+         for pair, (a, b) in {"ar": ("adagrad", "rmsprop"), "as": ("adagrad", "sgd"), "rs": ("rmsprop", "sgd")}.items()}
+    ranked = sorted(p, key=p.get)
+    holm = {k: min(1.0, max((3 - i) * p[ranked[i]] for i in range(ranked.index(k) + 1))) for k in p}
+    assert claim["p"] == pytest.approx(p["ar"], rel=1e-9) and claim["p_holm"] == pytest.approx(holm["ar"], rel=1e-9)
+    assert claim["verdict"] == "worse"  # Adagrad's losses are higher on every seed here
+
+
+def test_the_profile_target_is_the_floor_band_or_the_best_tuned_median():
+    """A closed-form floor: within the tolerance of it. Otherwise the median final loss of the tuned
+    optimizer whose median is lowest (here not the one with the lowest mean, nor the first listed)."""
+    from types import SimpleNamespace
+
+    from pipeline.stages.evaluate import measures
+    convex = measures.target(SimpleNamespace(floor="least_squares"), 0.2, 0.01, {})
+    assert convex["value"] == pytest.approx(0.202, rel=1e-15)
+    assert convex["rule"] == "within 1% of the least-squares floor"
+    finals = {"sgd": [0.30, 0.31, 0.90, 0.32, 0.29],  # mean 0.424, median 0.31
+              "rmsprop": [0.33, 0.34, 0.33, 0.35, 0.34],  # mean 0.338, median 0.34
+              "adagrad": [0.305, 0.40, 0.30, 0.50, 0.32]}  # mean 0.365, median 0.32
+    deep = measures.target(SimpleNamespace(floor="best_known"), 0.1, 0.01, finals)
+    assert deep["value"] == 0.31
+    assert deep["rule"] == "the median final loss of the best tuned optimizer (sgd), as AlgoPerf sets targets"

@@ -138,9 +138,11 @@ def test_html_report_from_disk_decodes_every_figure_without_console_errors(proje
     errors = []
     page = open_page(browser, (project / "reports" / "report.html").as_uri(), errors)
     page.wait_for_load_state("load")
-    images = page.locator("figure img")
-    figures = len(list((project / "reports" / "figures").glob("*.png")))
-    assert images.count() == figures >= 10
+    from test_report import expected_sections_and_figures
+    sections, figures = expected_sections_and_figures(PROBLEMS)
+    assert page.evaluate("Array.from(document.querySelectorAll('figure')).map(f => f.id)") == figures
+    assert page.evaluate("Array.from(document.querySelectorAll('h2')).map(h => h.textContent)") == sections
+    assert sorted(p.stem for p in (project / "reports" / "figures").glob("*.png")) == sorted(figures)
     widths = page.evaluate("Array.from(document.querySelectorAll('figure img')).map(i => i.complete && i.naturalWidth)")
     assert all(w and w > 100 for w in widths), widths
     assert page.locator("#key-findings li").count() >= 3

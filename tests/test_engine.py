@@ -179,3 +179,21 @@ def test_a_schedule_of_over_a_million_steps_compiles_and_trains(dataset, params)
     assert list(result.examples) == list(range(150_000, 1_050_001, 150_000))
     floor = dataset.stats["least_squares"]["loss"]
     assert not result.diverged[0] and result.final_loss[0] < 1.05 * floor
+
+
+def test_a_finite_loss_above_diverge_factor_counts_as_diverged(dataset, params):
+    """SGD at lr 0.35 to 0.45 on linear regression: the loss rises to 1.3 to 2.3 times its start and
+    comes back down, finite throughout. With train.diverge_factor 1.5 exactly the runs whose loss ever
+    went past 1.5 times the start (read from the same runs with the rule off) count as diverged."""
+    import dataclasses
+    every_step = dataclasses.replace(params.train, record_every=params.train.batch_size)
+    lrs = np.array([0.32, 0.35, 0.38, 0.45])
+    free = engine.train(dataset, "sgd", {"lr": lrs}, [0], dataclasses.replace(every_step, diverge_factor=1e30))
+    assert np.isfinite(free.losses).all() and not free.diverged.any()
+    start = engine.initial_loss(dataset, [0], every_step, "linreg")[0]
+    expected = free.losses.max(axis=1) > 1.5 * start
+    assert expected.tolist() == [False, False, True, True]  # the factor falls between the runs
+    ruled = engine.train(dataset, "sgd", {"lr": lrs}, [0], dataclasses.replace(every_step, diverge_factor=1.5))
+    assert ruled.diverged.tolist() == expected.tolist()
+    np.testing.assert_array_equal(ruled.final_loss[~expected], free.final_loss[~expected])
+    assert np.isnan(ruled.final_loss[expected]).all()

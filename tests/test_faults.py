@@ -487,6 +487,11 @@ def test_a_lost_tracking_server_does_not_stop_the_study_and_the_rerun_logs_each_
     log = (root / "first.log").read_text()
     waiting = [line for line in log.splitlines() if "waiting for MLflow" in line]
     assert len(waiting) == 1 and "rerun `python -m pipeline study sgd --problem linreg`" in waiting[0], log[-3000:]
+    gone = [i for i, line in enumerate(log.splitlines()) if "the study goes on without MLflow" in line]
+    assert len(gone) == 1, log[-3000:]  # one warning when it goes, before the one at the end
+    went = log.splitlines()[gone[0]]
+    assert went.startswith("WARNING ") and went.endswith("; the study goes on without MLflow (Optuna keeps every trial)")
+    assert gone[0] < log.splitlines().index(waiting[0])
     assert "Traceback" not in log
     counted = _counted_on(root, journal())
     assert len(counted) == 40 and len(read_csv(root / "studies/linreg/sgd/constant/trials.csv")) == 40  # Optuna kept every trial

@@ -148,3 +148,57 @@ def test_an_interval_below_95_percent_says_its_level():
     assert ci_name(test) == f"{level:.1%} CI, the widest 4 seeds allow"
     assert ci_cell(test).endswith(f" ({level:.1%})")
     assert ci_name(comparison(0, -1, 1, 1, 1, "inconclusive")) == "95% CI"
+
+
+def test_the_lr_fall_sentence_word_for_word():
+    from types import SimpleNamespace
+    d = SimpleNamespace(optimizers=["sgd", "adagrad", "rmsprop"], opt={
+        "sgd": {"effective_lr_ratio": {"layer1": 1.0, "layer2": 1.0}},
+        "adagrad": {"effective_lr_ratio": {"layer1": 0.263, "layer2": 0.5049}},
+        "rmsprop": {"effective_lr_ratio": {}}})  # every seed diverged
+    assert findings.lr_fall(d) == (
+        "effective learning rate of the median coordinate at the end of training over its value at the first record "
+        "(layer1, layer2), tuned: SGD x1.00/x1.00; Adagrad x0.26/x0.50; RMSProp every seed diverged.")
+    linear = SimpleNamespace(optimizers=["adagrad"], opt={"adagrad": {"effective_lr_ratio": {"all": 0.746}}})
+    assert findings.lr_fall(linear) == ("effective learning rate of the median coordinate at the end of training over "
+                                        "its value at the first record, tuned: Adagrad x0.75.")
+
+
+def test_the_profile_sentence_word_for_word():
+    across = {"target": "linreg: within 1% of the least-squares floor (0.24000)",
+              "performance_profile": {"optimizers": {
+                  "sgd": {"area": 0.4, "reached": 30, "runs": 40},
+                  "adagrad": {"area": 0.725, "reached": 38, "runs": 40},
+                  "rmsprop": {"area": 0.61, "reached": 40, "runs": 40}}}}
+    assert findings.profile_sentence(across, ["sgd", "adagrad", "rmsprop"]) == (
+        "Performance profile over 40 (problem, seed) runs of the tuned settings (target: linreg: within 1% of the "
+        "least-squares floor (0.24000)): area Adagrad 0.72, RMSProp 0.61, SGD 0.40; reached the target at all: "
+        "Adagrad 38/40, RMSProp 40/40, SGD 30/40.")
+
+
+def _schedules_problem(studies):
+    from types import SimpleNamespace
+    demo = {"optimizer": "sgd", "hyperparams": {"lr": 0.05}, "schedule": "cosine", "settings": {"final": 0.01},
+            "constant_final_loss": {"mean": 0.2431, "ci95": 0.0012, "diverged_seeds": 0, "seeds": 20},
+            "scheduled_final_loss": {"mean": 0.2399, "ci95": 0.0008, "diverged_seeds": 0, "seeds": 20},
+            "test": comparison(-3.2e-3, -4.1e-3, -2.5e-3, 1.9e-6, 1.9e-6, "better")}
+    return SimpleNamespace(summary={"schedules": {"studies": studies, "demo": demo}})
+
+
+def test_the_schedule_findings_word_for_word():
+    from pipeline.stages.report.schedule_figures import schedule_finding
+    assert schedule_finding(_schedules_problem({})) == (
+        "Schedules: only constant rates were tuned (study.schedules). The book's SGD (lr 0.05) ends at 0.24310 +/- "
+        "0.00120 at a constant rate and at 0.23990 +/- 0.00080 with cosine decay (final 0.01 of the initial rate at "
+        "the end); cosine - constant -3.20e-03 (95% CI -4.10e-03 to -2.50e-03, Wilcoxon p 1.9e-06): the schedule is "
+        "significantly better.")
+    studies = {"sgd": {"cosine": {"test": comparison(-1.5e-3, -2e-3, -1e-3, 1e-4, 4e-4, "better")},
+                       "multifactor": {"test": comparison(2e-3, 1e-3, 3e-3, 1e-4, 4e-4, "worse")}},
+               "adagrad": {"cosine": {"test": comparison(1e-4, -1e-3, 1e-3, 0.5, 1.0, "inconclusive")}}}
+    assert schedule_finding(_schedules_problem(studies)) == (
+        "Schedules: SGD gains from cosine (-1.50e-03 final loss, 95% CI -2.00e-03 to -1.00e-03, Holm p 0.0004); "
+        "worse with a schedule: SGD with multi-factor.")
+    del studies["sgd"]["cosine"]
+    assert schedule_finding(_schedules_problem(studies)) == (
+        "Schedules: no optimizer gains significantly from a schedule over its tuned constant rate (2 tests, "
+        "Holm-corrected); worse with a schedule: SGD with multi-factor.")

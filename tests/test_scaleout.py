@@ -235,7 +235,7 @@ def test_hung_worker_is_failed_by_heartbeat_while_another_finishes(postgres, mlf
     budget = 24
     root, url, env = on_postgres(postgres, mlflow_server, raw_file, tmp_path, n_trials=budget, epochs=1000,
                                  record_every=1_500_000, seeds=1)
-    hung = start_worker(root, "rmsprop", env)
+    hung = start_worker(root, "rmsprop", env, log_name="hung.log")
     victim = freeze_mid_trial(hung, root, "rmsprop", url, between_transactions=True)
     try:
         other = start_worker(root, "rmsprop", env)
@@ -250,6 +250,9 @@ def test_hung_worker_is_failed_by_heartbeat_while_another_finishes(postgres, mlf
         hung.send_signal(signal.SIGCONT)
     # Woken up, the hung worker finds its trial taken over, logs nothing twice, and stops.
     assert wait_all([hung], timeout=300) == [0]
+    woke = [line for line in (root / "hung.log").read_text().splitlines() if "unresponsive" in line]
+    assert woke == [f"WARNING pipeline.stages.study.trials: trial {victim} was failed as abandoned while this "
+                    f"worker was unresponsive"]  # said once, when it woke
     _, runs = mlflow_runs(mlflow_server.url, root)
     _, status = check_mirrored(runs, load_study(root, "rmsprop", url))
     assert status[victim] == "KILLED"

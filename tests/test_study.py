@@ -232,6 +232,40 @@ def test_ctrl_c_stops_cleanly_and_resumes(signum, project_copy):
     assert len({t.number for t in _counted(root, "adagrad")}) == done + 20
 
 
+def test_ctrl_c_records_the_trial_in_flight_as_interrupted_and_its_run_killed(project_copy):
+    """Sent while a trial trains (the network at 60 epochs: about 0.3 s a trial, so the signal lands
+    inside it): Optuna keeps that trial as FAIL with failure "interrupted", MLflow its run as KILLED."""
+    def edit(raw):
+        raw["study"].update(n_trials=500, seeds_per_trial=2)
+        raw["protocols"]["mlp"].update(epochs=60)
+    root = project_copy
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    edit(raw)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    subprocess.run(["dvc", "repro", "prepare"], cwd=root, env=run_env(), check=True, capture_output=True)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "study", "adagrad", "--problem", "mlp"], cwd=root,
+                            env=run_env(CI="true"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = storage_mod.open_storage("journal", config.load_params(root / "params.yaml").study, root / "studies")
+    deadline, running = time.time() + 180, None
+    while time.time() < deadline and running is None:
+        names = [x.study_name for x in optuna.get_all_study_summaries(store)]
+        trials = optuna.load_study(study_name=names[0], storage=store).get_trials() if names else []
+        if sum(t.state == TrialState.COMPLETE for t in trials) >= 2:  # past compilation: trials take their time
+            running = next((t for t in trials if t.state == TrialState.RUNNING), None)
+        time.sleep(0.01)
+    assert running is not None, proc.stderr.read() if proc.poll() is not None else "no trial ran"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().endswith("interrupted"), err[-2000:]
+    after = optuna.load_study(study_name=names[0], storage=store).get_trials()[running.number]
+    assert after.state == TrialState.FAIL and after.user_attrs["failure"] == "interrupted"
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    [run] = client.search_runs(experiment_ids(client), f"params.trial_number = '{running.number}'")
+    assert run.info.status == "KILLED" and run.data.tags["failure"] == "interrupted"
+    [parent] = client.search_runs(experiment_ids(client), "tags.run_type = 'study'")
+    assert parent.info.status == "KILLED"
+
+
 def test_trial_told_but_not_logged_is_completed_in_mlflow_on_resume(params, dataset, tmp_path, monkeypatch):
     """A crash between Optuna's tell and MLflow's log: the rerun logs the trial from its Optuna record."""
     p = with_study(params, n_trials=4, seeds_per_trial=2)

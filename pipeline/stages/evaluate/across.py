@@ -43,9 +43,11 @@ def performance_profile(reached: dict, taus=TAUS) -> dict:
     return {"taus": [float(t) for t in taus], "optimizers": out}
 
 
-def adagrad_against_rmsprop(scores: dict, tuned_test: dict, margin: float) -> dict:
-    """The seed's claim on one problem: Adagrad - RMSProp, tuned (from the Holm family of all pairs)
-    and at the book's settings (a test of its own), each with its verdict."""
+def adagrad_against_rmsprop(scores: dict, pairs: dict, margin: float) -> dict:
+    """The seed's claim on one problem: Adagrad - RMSProp, tuned (from the Holm family of all pairs,
+    which holds rmsprop_vs_adagrad where RMSProp is listed first) and at the book's settings (a test
+    of its own), each with its verdict."""
+    tuned_test = pairs.get("adagrad_vs_rmsprop") or st.flipped(pairs["rmsprop_vs_adagrad"])
     book = st.paired(scores["adagrad"]["book"], scores["rmsprop"]["book"])
     book.update(p_holm=book["p"], family="book settings, Adagrad vs RMSProp", family_size=1)
     book["verdict"] = st.verdict(book, margin)

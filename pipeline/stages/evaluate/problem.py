@@ -143,9 +143,7 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
               "equivalence_margin": {"fraction": ev.equivalence_margin, "absolute": margin},
               "optimizers": summary, "comparisons": comparisons.paired_comparisons(scores, margin, ev.first_seed)}
     if {"adagrad", "rmsprop"} <= set(scores):
-        pairs = result["comparisons"]["pairs"]
-        tuned_test = pairs.get("adagrad_vs_rmsprop") or statistics.flipped(pairs["rmsprop_vs_adagrad"])
-        result["adagrad_vs_rmsprop"] = across.adagrad_against_rmsprop(scores, tuned_test, margin)
+        result["adagrad_vs_rmsprop"] = across.adagrad_against_rmsprop(scores, result["comparisons"]["pairs"], margin)
     result["schedules"], schedule_rows = scheduled.compare_schedules(dataset, params, seeds, runs, scheduled_runs, margin)
     write_csv(out_dir / "schedules.csv", schedule_rows)
     examples = tuned.examples
