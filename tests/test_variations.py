@@ -44,6 +44,7 @@ SCENARIOS = {
     "protocol and scales": {
         "data": {"n_rows": 1000},
         "train": {"batch_size": 7, "epochs": 1, "record_every": 100, "init": "zeros", "diverge_factor": 100},
+        "protocols": {"mlp": {"batch_size": 25, "epochs": 3, "record_every": 500}},
         "study": {"optimizers": ["rmsprop", "adam", "momentum"], "objective": "mean_loss", "seed": 3, "n_trials": 4,
                   "storage": "sqlite:///{root}/studies.db", "heartbeat_s": 1, "grace_s": 3,
                   "search_space": {"lr": {"low": 1e-3, "high": 0.3, "scale": "linear"},
@@ -207,6 +208,8 @@ def test_scenario_runs_through_every_stage(scenario, raw_file, tmp_path):
         import optuna
         assert len(optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/studies.db")) == 3 * 2  # x problems
         assert list(map(int, summary_examples(tmp_path))) == [700, 1000]  # batch 7, record every 100, 1 epoch
+        mlp = json.loads((tmp_path / "reports/summary.json").read_text())["problems"]["mlp"]
+        assert mlp["protocol"] == {"batch_size": 25, "epochs": 3, "record_every": 500, "steps": 120}  # 40 steps x 3
         check_each_problem_alone(params, dataset, tmp_path)
 
 
