@@ -32,11 +32,11 @@ def measure(dataset, protocol, repeats: int, ks=KS) -> dict:
     """The book's eager loop once, then the engine on an lr x gamma grid over 4 seeds (the shape
     of the studies, evaluation and grids) for each K."""
     hyper = {"lr": 0.01, "gamma": 0.9}
-    eager = median_time(lambda: reference.train_eager(dataset, "rmsprop", hyper, 0, protocol), max(1, repeats // 2))
+    eager = median_time(lambda: reference.train_eager(dataset, "linreg", "rmsprop", hyper, 0, protocol), max(1, repeats // 2))
     rows = []
     for k in ks:
         grid = {"lr": np.geomspace(1e-4, 1.0, k), "gamma": np.linspace(0.5, 0.999, k)}
-        t = median_time(lambda: engine.train(dataset, "rmsprop", grid, np.arange(k) % 4, protocol),
+        t = median_time(lambda: engine.train(dataset, "rmsprop", grid, np.arange(k) % 4, protocol, "linreg"),
                         repeats * (4 if k == 1 else 1))
         rows.append({"K": k, "seconds": t, "us_per_config": t / k * 1e6, "speedup_per_config": eager / (t / k)})
     return {"eager_seconds": eager, "rows": rows}

@@ -65,16 +65,18 @@ def _schedule_settings(args) -> dict:
 def cmd_train(args, params: config.Params) -> None:
     import dataclasses
 
-    from pipeline.core import engine, problems, randomness, schedules
+    from pipeline.core import engine, problems, schedules
 
-    if args.init is not None and problems.get(args.problem).hidden:
-        raise PipelineError(f"--init applies to the linear model only: the {args.problem} network always starts from "
-                            f"Glorot-uniform weights and zero biases (pipeline/core/problems.py); drop --init")
+    workload = problems.get(args.problem)
+    if args.init is not None and not workload.uses_train_init:
+        raise PipelineError(f"--init applies to the linear model only: {args.problem} always starts from "
+                            f"{workload.init_label(params.train)} weights (pipeline/core/problems.py); drop --init")
     protocol = config.validated(dataclasses.replace, config.protocol(params, args.problem), **{
         k: v for k, v in (("batch_size", args.batch_size), ("epochs", args.epochs), ("init", args.init)) if v is not None})
     hyper = _hyper(args, params.book, "book")
     settings = _schedule_settings(args)
     dataset = data.load_prepared()
+    n_features = dataset.features.shape[1]
     result = engine.train(dataset, args.optimizer, {**hyper, **settings}, [args.seed], protocol, args.problem,
                           args.schedule)
     diverged = bool(result.diverged[0])
@@ -83,8 +85,9 @@ def cmd_train(args, params: config.Params) -> None:
     if args.json:
         print(json.dumps({
             "problem": args.problem,
-            "architecture": problems.architecture(args.problem, dataset.features.shape[1]),
-            "initial_parameters": randomness.initial_layers(dataset, args.seed, protocol, args.problem),
+            "architecture": workload.architecture(n_features),
+            "initial_parameters": workload.initial_layers(workload.initial_params(args.seed, n_features, protocol),
+                                                          n_features),
             "protocol": dataclasses.asdict(protocol),
             "optimizer": args.optimizer,
             "hyperparameters": hyper,
@@ -96,7 +99,7 @@ def cmd_train(args, params: config.Params) -> None:
             "final_loss": None if diverged else float(result.final_loss[0]),
             "examples": result.examples.tolist(),
             "losses": [x if np.isfinite(x) else None for x in result.losses[0].tolist()],
-            "effective_lr_columns": list(problems.lr_columns(args.problem, dataset.features.shape[1])),
+            "effective_lr_columns": list(workload.lr_columns(n_features)),
             "effective_lr": [[x if np.isfinite(x) else None for x in row] for row in result.effective_lr[0].tolist()],
         }))
     elif diverged:

@@ -42,18 +42,18 @@ def params() -> config.Params:
 
 
 @pytest.fixture(scope="session")
-def raw_file(tmp_path_factory, params) -> Path:
+def raw_file(tmp_path_factory) -> Path:
     """The real airfoil file, fetched by the real download code (from the mirror when offline)."""
     dest = tmp_path_factory.mktemp("raw") / "airfoil_self_noise.dat"
-    download.download(params.data.url, params.data.sha1, dest, mirror=airfoil_source(),
-                      timeout=params.data.timeout_s, retries=1, backoff=0.1)
+    download.download(PARAMS.data.url, PARAMS.data.sha1, dest, mirror=airfoil_source(),
+                      timeout=PARAMS.data.timeout_s, retries=1, backoff=0.1)
     return dest
 
 
 @pytest.fixture(scope="session")
-def dataset(tmp_path_factory, raw_file, params) -> data.Dataset:
+def dataset(tmp_path_factory, raw_file) -> data.Dataset:
     out = tmp_path_factory.mktemp("prepared")
-    prepare.prepare(raw_file, out, params.data.n_rows, params.data.sha1)
+    prepare.prepare(raw_file, out, PARAMS.data.n_rows, PARAMS.data.sha1)
     return data.load_prepared(out)
 
 

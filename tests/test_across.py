@@ -3,7 +3,7 @@ per-layer effective-lr ratio, and the seed's claim in exact sentences for each w
 import numpy as np
 import pytest
 
-from pipeline.core import engine
+from pipeline.core import engine, problems
 from pipeline.stages.evaluate import across
 from pipeline.stages.evaluate.problem import lr_ratio
 from pipeline.stages.report import findings
@@ -36,15 +36,16 @@ def test_excess_table_ranks_with_ties_sharing_the_better_rank():
 
 
 def test_lr_ratio_is_last_over_first_median_per_layer(dataset, params):
-    result = engine.train(dataset, "adagrad", {"lr": 0.1}, [0, 1], params.train)
-    got = lr_ratio(result, ("w1", "w2", "w3", "w4", "w5", "b"))
+    result = engine.train(dataset, "adagrad", {"lr": 0.1}, [0, 1], params.train, "linreg")
+    linreg, mlp = problems.get("linreg"), problems.get("mlp")
+    got = lr_ratio(result, linreg.rate_layers(linreg.lr_columns(5)))
     med = np.median(result.effective_lr, axis=2)
     assert got == {"all": pytest.approx(np.mean(med[:, -1] / med[:, 0]))} and got["all"] < 1
     eff = np.ones((2, 3, 6))
     eff[:, -1, 1], eff[:, -1, 4] = 0.5, 2.0  # layer1's and layer2's medians
     fake = result._replace(effective_lr=eff, diverged=np.array([False, False]))
-    assert lr_ratio(fake, ("layer1 p10", "layer1 median", "layer1 p90", "layer2 p10", "layer2 median",
-                           "layer2 p90")) == {"layer1": 0.5, "layer2": 2.0}
+    assert mlp.rate_layers(mlp.lr_columns(5)) == {"layer1": 1, "layer2": 4, "layer3": 7}
+    assert lr_ratio(fake, {"layer1": 1, "layer2": 4}) == {"layer1": 0.5, "layer2": 2.0}
 
 
 def claim_summary(convex_verdict, deep_verdict):

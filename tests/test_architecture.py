@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core import problems
 from conftest import ROOT
 
 SOURCES = sorted((ROOT / "pipeline").rglob("*.py"))
@@ -62,3 +63,20 @@ def test_the_detector_sees_a_private_name(tmp_path):
     bad = ast.parse("from optuna.storages._heartbeat import is_heartbeat_enabled\nstudy._storage.get_trial(t._trial_id)")
     assert "optuna.storages._heartbeat" in imported_modules(bad)
     assert sum(isinstance(n, ast.Attribute) and n.attr.startswith("_") for n in ast.walk(bad)) == 2
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if p.name != "problems.py"], ids=lambda p: str(p.relative_to(ROOT)))
+def test_only_the_workloads_know_a_kind_of_problem(path):
+    """The engine and the stages ask a workload; none reads its layers, names a problem to branch
+    on, or defaults a problem argument (a forgotten one would silently train the wrong model)."""
+    module = tree(path)
+    found = [f"line {n.lineno}: {ast.unparse(n)}" for n in ast.walk(module)
+             if isinstance(n, ast.Attribute) and n.attr in ("hidden", "activation")
+             or isinstance(n, ast.Compare) and any(isinstance(c, ast.Constant) and c.value in problems.PROBLEMS
+                                                   for c in [n.left, *n.comparators])]
+    for fn in (n for n in ast.walk(module) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+        positional = fn.args.args[len(fn.args.args) - len(fn.args.defaults):]
+        found += [f"line {fn.lineno}: {fn.name}({a.arg}=...)" for a in [*positional, *fn.args.kwonlyargs]
+                  if a.arg == "problem"
+                  and (a in positional or fn.args.kw_defaults[fn.args.kwonlyargs.index(a)] is not None)]
+    assert not found, found

@@ -11,7 +11,7 @@ from conftest import ROOT, assert_one_line_error, run_env
 
 
 def test_book_rmsprop_run_ends_near_0245(dataset, params):
-    result = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [0, 1, 2, 3, 4], params.train)
+    result = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [0, 1, 2, 3, 4], params.train, "linreg")
     assert list(result.examples) == list(range(200, 3001, 200))
     assert result.losses.shape == (5, 15) and result.effective_lr.shape == (5, 15, 6)
     assert ((result.final_loss > 0.240) & (result.final_loss < 0.255)).all(), result.final_loss
@@ -22,32 +22,32 @@ def test_book_rmsprop_run_ends_near_0245(dataset, params):
 
 
 def test_loss_equals_direct_mean_over_all_rows(dataset, params):
-    result = engine.train(dataset, "adagrad", {"lr": 0.1}, [7], params.train)
+    result = engine.train(dataset, "adagrad", {"lr": 0.1}, [7], params.train, "linreg")
     w, b = result.params[0, :-1].astype(np.float64), result.params[0, -1]
     direct = np.mean((dataset.features @ w + b - dataset.target) ** 2) / 2
     assert result.final_loss[0] == pytest.approx(direct, rel=1e-6)
 
 
 def test_engine_matches_the_books_eager_loop(dataset, params):
-    ours = engine.train(dataset, "sgd", {"lr": 0.05}, [11], params.train)
-    book = reference.train_eager(dataset, "sgd", {"lr": 0.05}, 11, params.train)
+    ours = engine.train(dataset, "sgd", {"lr": 0.05}, [11], params.train, "linreg")
+    book = reference.train_eager(dataset, "linreg", "sgd", {"lr": 0.05}, 11, params.train)
     np.testing.assert_allclose(ours.losses, book.losses, rtol=2e-6)
 
 
 def test_short_last_batch_is_handled_like_the_book(dataset, params):
     """batch 7 does not divide 1500: the last batch of each epoch has 2 rows, as tf.data gives."""
     protocol = params.train.__class__(**{**params.train.__dict__, "batch_size": 7, "record_every": 100})
-    ours = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [1], protocol)
-    book = reference.train_eager(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, 1, protocol)
+    ours = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [1], protocol, "linreg")
+    book = reference.train_eager(dataset, "linreg", "rmsprop", {"lr": 0.01, "gamma": 0.9}, 1, protocol)
     assert list(ours.examples) == [700, 1400, 1500, 2200, 2900, 3000]  # seen % 100 == 0, as the book counts
     np.testing.assert_array_equal(ours.examples, book.examples)
     np.testing.assert_allclose(ours.losses, book.losses, rtol=5e-6)
 
 
 def test_same_seed_same_bits_different_seed_different_run(dataset, params):
-    a = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [5], params.train)
-    b = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [5], params.train)
-    c = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [6], params.train)
+    a = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [5], params.train, "linreg")
+    b = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [5], params.train, "linreg")
+    c = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [6], params.train, "linreg")
     assert a.losses.tobytes() == b.losses.tobytes()
     assert a.effective_lr.tobytes() == b.effective_lr.tobytes()
     assert not np.array_equal(a.losses, c.losses)
@@ -57,9 +57,9 @@ def test_batched_call_equals_single_calls(dataset, params):
     lrs = np.array([0.003, 0.01, 0.03, 0.01, 0.2])
     gammas = np.array([0.9, 0.5, 0.99, 0.9, 0.95])
     seeds = np.array([0, 1, 2, 0, 9])
-    batched = engine.train(dataset, "rmsprop", {"lr": lrs, "gamma": gammas}, seeds, params.train)
+    batched = engine.train(dataset, "rmsprop", {"lr": lrs, "gamma": gammas}, seeds, params.train, "linreg")
     for i in range(len(lrs)):
-        single = engine.train(dataset, "rmsprop", {"lr": lrs[i], "gamma": gammas[i]}, [seeds[i]], params.train)
+        single = engine.train(dataset, "rmsprop", {"lr": lrs[i], "gamma": gammas[i]}, [seeds[i]], params.train, "linreg")
         np.testing.assert_array_equal(batched.losses[i], single.losses[0])
         np.testing.assert_array_equal(batched.effective_lr[i], single.effective_lr[0])
         np.testing.assert_array_equal(batched.params[i], single.params[0])
@@ -69,16 +69,16 @@ def test_groups_trained_together_equal_their_own_calls(dataset, params):
     groups = [({"lr": 0.01, "gamma": 0.9}, np.arange(3)),  # one setting over seeds
               ({"lr": np.array([0.003, 0.03]), "gamma": np.array([0.99, 0.5])}, np.array([7])),  # a grid on one seed
               ({"lr": 0.02, "gamma": 0.95}, np.array([4, 5]))]
-    together = engine.train_groups(dataset, "rmsprop", groups, params.train)
+    together = engine.train_groups(dataset, "rmsprop", groups, params.train, "linreg")
     assert [len(r.losses) for r in together] == [3, 2, 2]
     for (hyper, seeds), got in zip(groups, together):
-        alone = engine.train(dataset, "rmsprop", hyper, seeds, params.train)
+        alone = engine.train(dataset, "rmsprop", hyper, seeds, params.train, "linreg")
         for field in ("losses", "effective_lr", "params", "diverged"):
             np.testing.assert_array_equal(getattr(got, field), getattr(alone, field))
 
 
 def test_divergence_is_flagged_per_configuration(dataset, params):
-    result = engine.train(dataset, "sgd", {"lr": [1.0, 0.05, 3.0]}, [0], params.train)
+    result = engine.train(dataset, "sgd", {"lr": [1.0, 0.05, 3.0]}, [0], params.train, "linreg")
     assert list(result.diverged) == [True, False, True]
     assert np.isnan(result.final_loss[[0, 2]]).all() and np.isfinite(result.final_loss[1])
 
@@ -175,7 +175,7 @@ def test_a_schedule_of_over_a_million_steps_compiles_and_trains(dataset, params)
     compile-time constants at about a million steps (it failed at 700 epochs of batch 1)."""
     protocol = params.train.__class__(**{**params.train.__dict__, "batch_size": 1, "epochs": 700,
                                          "record_every": 150_000})
-    result = engine.train(dataset, "sgd", {"lr": 0.001}, [0], protocol)
+    result = engine.train(dataset, "sgd", {"lr": 0.001}, [0], protocol, "linreg")
     assert list(result.examples) == list(range(150_000, 1_050_001, 150_000))
     floor = dataset.stats["least_squares"]["loss"]
     assert not result.diverged[0] and result.final_loss[0] < 1.05 * floor
@@ -188,12 +188,12 @@ def test_a_finite_loss_above_diverge_factor_counts_as_diverged(dataset, params):
     import dataclasses
     every_step = dataclasses.replace(params.train, record_every=params.train.batch_size)
     lrs = np.array([0.32, 0.35, 0.38, 0.45])
-    free = engine.train(dataset, "sgd", {"lr": lrs}, [0], dataclasses.replace(every_step, diverge_factor=1e30))
+    free = engine.train(dataset, "sgd", {"lr": lrs}, [0], dataclasses.replace(every_step, diverge_factor=1e30), "linreg")
     assert np.isfinite(free.losses).all() and not free.diverged.any()
     start = engine.initial_loss(dataset, [0], every_step, "linreg")[0]
     expected = free.losses.max(axis=1) > 1.5 * start
     assert expected.tolist() == [False, False, True, True]  # the factor falls between the runs
-    ruled = engine.train(dataset, "sgd", {"lr": lrs}, [0], dataclasses.replace(every_step, diverge_factor=1.5))
+    ruled = engine.train(dataset, "sgd", {"lr": lrs}, [0], dataclasses.replace(every_step, diverge_factor=1.5), "linreg")
     assert ruled.diverged.tolist() == expected.tolist()
     np.testing.assert_array_equal(ruled.final_loss[~expected], free.final_loss[~expected])
     assert np.isnan(ruled.final_loss[expected]).all()

@@ -380,7 +380,7 @@ def _study_on(root, url):
     from pipeline.core import data
     from pipeline.stages.study import search
 
-    params = config.load_params(root / "params.yaml")
+    params = config.for_problem(config.load_params(root / "params.yaml"), "linreg")
     name = search.study_name("sgd", params, data.load_prepared(root / "data/prepared"))
     try:
         return optuna.load_study(study_name=name, storage=url)

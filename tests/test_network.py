@@ -144,9 +144,9 @@ def test_network_protocol_keeps_every_book_setting_improving(dataset, params):
 
 
 def test_registry_names_the_columns_and_the_layers(dataset):
-    assert problems.layer_sizes("mlp", 5) == SIZES
+    assert problems.get("mlp").sizes(5) == SIZES
     assert network.layer_slices(SIZES)[-1] == (4544, 4608, 4609)
-    assert len(problems.lr_columns("mlp", 5)) == 9 and problems.lr_columns("linreg", 5)[-1] == "b"
+    assert len(problems.get("mlp").lr_columns(5)) == 9 and problems.get("linreg").lr_columns(5)[-1] == "b"
     with pytest.raises(Exception, match="unknown problem 'cnn': choose one of linreg, mlp"):
         problems.get("cnn")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.core import engine, optimizers, pieces, quadratic, randomness, reference
+from pipeline.core import engine, optimizers, pieces, problems, quadratic, reference
 from conftest import PARAMS
 
 ALL = sorted(optimizers.OPTIMIZERS)
@@ -62,8 +62,8 @@ def test_engine_follows_the_book_formula_step_by_step_on_the_airfoil_data(name, 
     protocol = dataclasses.replace(params.train, epochs=1, record_every=10)
     small = dataset._replace(features=dataset.features[:200], target=dataset.target[:200])
     hyper = PARAMS.book[name]
-    ours = engine.train(small, name, hyper, [3], protocol)
-    theta0, batches = randomness.seed_stream(3, 200, 5, protocol)
+    ours = engine.train(small, name, hyper, [3], protocol, "linreg")
+    theta0, batches = problems.get("linreg").stream(3, 200, 5, protocol)
     X = np.concatenate([small.features, np.ones((200, 1))], axis=1).astype(np.float64)
     y = small.target.astype(np.float64)
     theta, state, losses, effs = theta0.astype(np.float64), {}, [], []
@@ -82,8 +82,8 @@ def test_engine_follows_keras_trajectory(name, dataset, params):
     """Same seed stream, same batches: the engine and Keras's built-in (through the book's loop,
     compiled as the evaluation runs it) agree at every record."""
     hyper = PARAMS.book[name]
-    ours = engine.train(dataset, name, hyper, [3], params.train)
-    keras = reference.train_eager(dataset, name, hyper, 3, params.train, use_keras=True, book_loop=False)
+    ours = engine.train(dataset, name, hyper, [3], params.train, "linreg")
+    keras = reference.train_eager(dataset, "linreg", name, hyper, 3, params.train, use_keras=True, book_loop=False)
     np.testing.assert_array_equal(ours.examples, keras.examples)
     np.testing.assert_allclose(ours.losses, keras.losses, rtol=RTOL.get(name, {}).get("loss", 2e-6))
     np.testing.assert_allclose(ours.params, keras.params, rtol=RTOL.get(name, {}).get("step", 1e-5),
@@ -129,7 +129,7 @@ def test_effective_lr_is_read_from_state():
 
 @pytest.mark.parametrize("name", ALL)
 def test_book_settings_on_the_airfoil_data_end_near_the_books_numbers(name, dataset, params):
-    result = engine.train(dataset, name, PARAMS.book[name], [0, 1, 2], params.train)
+    result = engine.train(dataset, name, PARAMS.book[name], [0, 1, 2], params.train, "linreg")
     assert ((result.final_loss > 0.240) & (result.final_loss < 0.255)).all(), result.final_loss
 
 
@@ -138,9 +138,9 @@ def test_batched_call_equals_single_calls_for_every_optimizer(name, dataset, par
     hyper = {h: np.array([v * f for f in (0.5, 1.0, 1.0)]) if h == "lr" else np.array([v, v, v ** 2])
              for h, v in PARAMS.book[name].items()}
     seeds = np.array([0, 4, 4])
-    batched = engine.train(dataset, name, hyper, seeds, params.train)
+    batched = engine.train(dataset, name, hyper, seeds, params.train, "linreg")
     for i in range(3):
-        single = engine.train(dataset, name, {h: v[i] for h, v in hyper.items()}, [seeds[i]], params.train)
+        single = engine.train(dataset, name, {h: v[i] for h, v in hyper.items()}, [seeds[i]], params.train, "linreg")
         np.testing.assert_array_equal(batched.losses[i], single.losses[0])
         np.testing.assert_array_equal(batched.effective_lr[i], single.effective_lr[0])
 
@@ -149,7 +149,7 @@ def test_effective_lr_shapes_the_book_story(dataset, params):
     """Adagrad's rate only decays; RMSProp's stops decaying; SGD's is constant; Adam's bias
     correction keeps its first rates from being tiny; Adadelta's scale grows from sqrt(eps)."""
     def eff(name, **hyper):
-        return engine.train(dataset, name, {**PARAMS.book[name], **hyper}, [0], params.train).effective_lr[0]
+        return engine.train(dataset, name, {**PARAMS.book[name], **hyper}, [0], params.train, "linreg").effective_lr[0]
     adagrad = eff("adagrad")
     assert (np.diff(adagrad, axis=0) <= 0).all()
     assert (adagrad[-1] < 0.5 * adagrad[0]).all()

@@ -56,7 +56,7 @@ def test_mean_ci_scores_diverged_seeds_by_the_rule_and_counts_them():
 
 def test_examples_to_floor_and_grid(dataset, params):
     from pipeline.core import engine
-    result = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [0, 1], params.train)
+    result = engine.train(dataset, "rmsprop", {"lr": 0.01, "gamma": 0.9}, [0, 1], params.train, "linreg")
     floor = dataset.stats["least_squares"]["loss"]
     reached = evaluation.examples_to_floor(result, floor, 0.01)
     for losses, x in zip(result.losses, reached):

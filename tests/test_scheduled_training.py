@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipeline.core import config, engine, network, randomness, schedules
+from pipeline.core import config, engine, network, problems, randomness, schedules
 from test_network import numpy_loss, numpy_network
 from conftest import PARAMS
 from test_optimizers import ALL, numpy_step
@@ -67,8 +67,8 @@ def test_linear_model_under_a_schedule_follows_float64(name, schedule, dataset, 
     protocol = dataclasses.replace(params.train, epochs=2, record_every=10)
     small = dataset._replace(features=dataset.features[:200], target=dataset.target[:200])
     hyper = PARAMS.book[name]
-    ours = engine.train(small, name, {**hyper, **SETTINGS[schedule]}, [3], protocol, schedule=schedule)
-    theta0, batches = randomness.seed_stream(3, 200, 5, protocol)
+    ours = engine.train(small, name, {**hyper, **SETTINGS[schedule]}, [3], protocol, "linreg", schedule=schedule)
+    theta0, batches = problems.get("linreg").stream(3, 200, 5, protocol)
     X = np.concatenate([small.features, np.ones((200, 1))], axis=1).astype(np.float64)
     y = small.target.astype(np.float64)
     factors = readme_factors(schedule, 40, **SETTINGS[schedule])
@@ -122,8 +122,8 @@ def test_rows_with_different_schedules_equal_single_calls(name, problem, dataset
 
 def test_a_constant_schedule_is_the_unscheduled_run(dataset, params):
     """`constant` multiplies lr by exactly 1: the same bits as a run without a schedule argument."""
-    default = engine.train(dataset, "rmsprop", {"lr": [0.01, 0.02], "gamma": 0.9}, [0, 1], params.train)
-    constant = engine.train(dataset, "rmsprop", {"lr": [0.01, 0.02], "gamma": 0.9}, [0, 1], params.train,
+    default = engine.train(dataset, "rmsprop", {"lr": [0.01, 0.02], "gamma": 0.9}, [0, 1], params.train, "linreg")
+    constant = engine.train(dataset, "rmsprop", {"lr": [0.01, 0.02], "gamma": 0.9}, [0, 1], params.train, "linreg",
                             schedule=["constant", "constant"])
     np.testing.assert_array_equal(default.losses, constant.losses)
     assert (schedules.run_factors("constant", (), 300) == 1.0).all()
@@ -131,4 +131,4 @@ def test_a_constant_schedule_is_the_unscheduled_run(dataset, params):
 
 def test_a_schedule_without_its_setting_is_refused(dataset, params):
     with pytest.raises(ValueError, match=r"needs hyperparameters \['final'\]"):
-        engine.train(dataset, "sgd", {"lr": 0.05}, [0], params.train, schedule="cosine")
+        engine.train(dataset, "sgd", {"lr": 0.05}, [0], params.train, "linreg", schedule="cosine")

@@ -23,6 +23,12 @@ from pipeline.core.errors import PipelineError
 from conftest import ROOT, cli, experiment_ids, prepared_project, read_csv, run_env
 
 
+@pytest.fixture
+def params(params):
+    """The committed params as the study stage runs them on linear regression (no default problem)."""
+    return config.for_problem(params, "linreg")
+
+
 def with_study(params, **changes):
     space = changes.pop("search_space", None)
     s = dataclasses.replace(params.study, **changes)

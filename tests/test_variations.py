@@ -279,9 +279,9 @@ def test_a_new_optimizer_registered_in_one_place_runs_through_every_stage(raw_fi
 def test_a_new_problem_registered_in_one_place_runs_through_every_stage(raw_file, tmp_path, monkeypatch):
     """The README's "Adding a problem": a one-layer ReLU network of 16 units, one entry in the registry
     and its protocol in params.yaml."""
-    monkeypatch.setitem(problems.PROBLEMS, "relu16", problems.Problem(
-        "relu16", "ReLU network 5-16-1", (16,), "relu", "best_known",
-        dense_analyses=False, convex=False, description="one hidden layer of 16 ReLU units"))
+    monkeypatch.setitem(problems.PROBLEMS, "relu16", problems.Network(
+        "relu16", "ReLU network 5-16-1", "one hidden layer of 16 ReLU units", floor="best_known",
+        dense_analyses=False, convex=False, hidden=(16,), activation="relu"))
     raw = merged(DEFAULTS, merged(TINY, {"study": {"problems": ["linreg", "relu16"], "optimizers": ["adagrad", "rmsprop"]},
                                          "protocols": {"relu16": {"epochs": 3, "record_every": 500}}}))
     params = config.parse_params(raw)
@@ -373,7 +373,7 @@ def test_train_takes_a_flag_per_hyperparameter_with_book_defaults(args, expected
 def test_train_on_the_network_prints_what_recomputes_the_run(raw_file, tmp_path):
     """`train --problem mlp --json`: the architecture, the protocol, and the initial parameters layer by
     layer; from them (and the seed's batches) a float64 NumPy forward pass gives the printed start."""
-    from pipeline.core import network, randomness
+    from pipeline.core import network
     root = prepared_project(tmp_path / "project", raw_file)
     result = cli("train", "--problem", "mlp", "--optimizer", "rmsprop", "--seed", "3", "--epochs", "1", "--json", cwd=root)
     assert result.returncode == 0, result.stderr
@@ -390,7 +390,8 @@ def test_train_on_the_network_prints_what_recomputes_the_run(raw_file, tmp_path)
     assert out["losses"][0] < start  # it trained from that start
     plain = json.loads(cli("train", "--optimizer", "rmsprop", "--json", cwd=root).stdout)  # --problem defaults to linreg
     assert plain["problem"] == "linreg" and plain["architecture"]["layers"] == [5, 1] and 0.240 < plain["final_loss"] < 0.255
-    assert randomness.initial_layers(dataset, 0, config.load_params(root / "params.yaml").train, "linreg")[0]["bias"] == [0.0]
+    linreg = problems.get("linreg")
+    assert linreg.initial_layers(linreg.initial_params(0, 5, config.load_params(root / "params.yaml").train), 5)[0]["bias"] == [0.0]
     refused = cli("train", "--problem", "mlp", "--optimizer", "sgd", "--init", "zeros", cwd=root)  # not silently ignored
     assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
     assert "--init applies to the linear model only" in refused.stderr and "drop --init" in refused.stderr

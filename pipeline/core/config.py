@@ -133,7 +133,7 @@ class Params:
     study: StudyParams
     evaluate: EvaluateParams
     mlflow: MlflowParams
-    problem: StrictStr = "linreg"  # not in params.yaml: set by for_problem, which also sets train
+    problem: typing.Optional[StrictStr] = None  # not in params.yaml: set by for_problem (no default problem)
     schedule: StrictStr = "constant"  # not in params.yaml: the study stage's, set by for_problem
 
     @model_validator(mode="after")

@@ -3,14 +3,14 @@
 The protocol is the book's: minibatches of `batch_size` rows reshuffled every epoch, and the loss
 mean((y_hat - y)^2 / 2) over all training rows recorded every `record_every` examples, together with
 the effective learning rate. K configurations (a vector of hyperparameters and seeds) train side by
-side in XLA-compiled loops (the linear model's here, a network's in network.py); rows never mix, so
-one batched call equals K single calls.
+side in XLA-compiled loops; rows never mix, so one batched call equals K single calls. The problem
+is a workload (problems.py): the engine asks it for the loop (linear.py, network.py), its data, its
+start and its effective-lr columns, and never branches on its kind.
 
-Randomness comes only from each configuration's seed (randomness.py): the seed fixes the initial
-weights and every epoch's permutation. Configurations that share a seed see the same batches
+Randomness comes only from each configuration's seed: the seed fixes the initial weights (the
+workload's) and every epoch's permutation (randomness.py). Configurations that share a seed see the same batches
 (common random numbers), which makes comparisons between hyperparameters fairer.
 """
-import functools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.core import network, optimizers, problems, randomness, schedules
+from pipeline.core import optimizers, problems, schedules
 from pipeline.core.config import TrainParams
 from pipeline.core.data import Dataset
 from pipeline.core.tfimport import tf
@@ -27,7 +27,7 @@ from pipeline.core.tfimport import tf
 class TrainResult(NamedTuple):
     examples: np.ndarray  # (R,) examples seen at each record
     losses: np.ndarray  # (K, R) training loss over all rows at each record (float64)
-    effective_lr: np.ndarray  # (K, R, C): the columns problems.lr_columns names (per coordinate, or per-layer quantiles)
+    effective_lr: np.ndarray  # (K, R, C): the columns the workload's lr_columns names (per coordinate, or per-layer quantiles)
     params: np.ndarray  # (K, P) final parameters (w..., b)
     diverged: np.ndarray  # (K,) True where the run hit inf/NaN or blew up (see TrainParams.diverge_factor)
     initial_loss: np.ndarray  # (K,) the loss at the start of training: what a diverged run scores
@@ -88,64 +88,8 @@ _RUN_SHAPES = set()  # (compiled loop, rows per call, input shapes) already run 
 
 
 def _bucket(k: int) -> int:
-    """Pad batch sizes to powers of two so XLA compiles a handful of shapes, not one per K."""
+    """Pad seed counts to powers of two so XLA compiles a handful of shapes, not one per K."""
     return 1 << max(0, (k - 1).bit_length())
-
-
-def _chunk_size(k: int, network: bool) -> int:
-    """Rows per compiled call: the linear model's K in one call, padded to a bucket; a network's in
-    one chunk per core, 2 rows or more (network.py: why 2)."""
-    return max(2, -(-k // min(_CORES, max(1, (k + 1) // 2)))) if network else _bucket(k)
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled(optimizer_name: str):
-    opt = optimizers.get(optimizer_name)
-
-    @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
-    def run(xs, y, gram, batches, step_rows, record_end, n_records, seed_index, theta0, hyper, lr_factor,
-            schedule_index):
-        # xs (n, P) features with a ones column; gram (P+1, P+1) = [xs, y]^T [xs, y] / n, float64
-        # batches (T, S, B) row indices per seed; seed_index (K,); theta0 (S, P); hyper name -> (K, 1)
-        # lr_factor (T, U) each schedule's factor per step; schedule_index (K,) each row's column
-        # n_records: a Python int, so the record buffers' shapes are static. XLA needs them at
-        # compile time and cannot derive them from record_end's values once T exceeds about a
-        # million steps.
-        k = tf.shape(seed_index)[0]
-        theta = tf.gather(theta0, seed_index)
-        scheduled, step_of, effective_lr = schedules.hooks(opt, hyper, lr_factor, schedule_index)
-        lanes = tf.range(tf.shape(batches)[2])
-
-        def step(t, theta, state):
-            rows = tf.gather(batches[t], seed_index)  # (K, B)
-            xb, yb = tf.gather(xs, rows), tf.gather(y, rows)  # (K, B, P), (K, B)
-            count = step_rows[t]
-            mask = tf.cast(lanes < count, tf.float32)
-            residual = (tf.reduce_sum(xb * theta[:, None, :], axis=2) - yb) * mask
-            grads = tf.reduce_sum(residual[:, :, None] * xb, axis=1) / tf.cast(count, tf.float32)
-            delta, state = opt.update(grads, state, scheduled(hyper, t))
-            return t + 1, theta + step_of(delta, t), state
-
-        def segment(r, t, theta, state, losses, eff_lr):
-            # The steps up to the next record, then the record: loss and effective lr are computed
-            # once per record (every 20 steps in the book's protocol), not once per step.
-            t, theta, state = tf.while_loop(lambda t, *_: t < record_end[r], step, (t, theta, state))
-            # Loss over all rows from the Gram matrix: 0.5 * v^T G v with v = (w, b, -1) equals
-            # mean((X w + b - y)^2) / 2, at O(P^2) per configuration instead of O(n P).
-            v = tf.concat([tf.cast(theta, tf.float64), -tf.ones((k, 1), tf.float64)], axis=1)
-            # Elementwise, not matmul: a dot kernel may sum in a K-dependent order, and one batched
-            # call must equal K single calls bit for bit.
-            loss = 0.5 * tf.reduce_sum(v[:, :, None] * gram * v[:, None, :], axis=[1, 2])
-            lr_now = tf.broadcast_to(effective_lr(state, t - 1), tf.shape(theta))
-            return r + 1, t, theta, state, losses.write(r, loss), eff_lr.write(r, lr_now)
-
-        records = (tf.TensorArray(tf.float64, size=n_records), tf.TensorArray(tf.float32, size=n_records))
-        _, _, theta, _, losses, eff_lr = tf.while_loop(
-            lambda r, *_: r < n_records, segment, (tf.constant(0), tf.constant(0), theta, opt.init(theta), *records)
-        )
-        return theta, losses.stack(), eff_lr.stack()
-
-    return run
 
 
 def train(
@@ -154,7 +98,7 @@ def train(
     hyper: dict,
     seeds,
     protocol: TrainParams,
-    problem: str = "linreg",
+    problem: str,
     schedule="constant",
 ) -> TrainResult:
     """Train K configurations of a registered problem's model: hyper maps each of the optimizer's
@@ -180,12 +124,8 @@ def train(
         np.broadcast_to(names, (k,)), {name: np.broadcast_to(v, (k,)) for name, v in settings.items()},
         len(sched.step_rows))
     unique_seeds, seed_index = np.unique(seeds, return_inverse=True)
-    model = problems.get(problem)
-    sizes = problems.layer_sizes(problem, n_features)
-    if model.hidden:
-        streams = [randomness.network_stream(int(s), n_rows, sizes, protocol) for s in unique_seeds]
-    else:
-        streams = [randomness.seed_stream(int(s), n_rows, n_features, protocol) for s in unique_seeds]
+    workload = problems.get(problem)
+    streams = [workload.stream(int(s), n_rows, n_features, protocol) for s in unique_seeds]
     theta0 = np.stack([s[0] for s in streams])
     batches = np.stack([s[1].reshape(-1, protocol.batch_size) for s in streams], axis=1)  # (T, S, B)
 
@@ -195,17 +135,9 @@ def train(
     batches = np.concatenate([batches, np.repeat(batches[:, :1], sb - batches.shape[1], axis=1)], axis=1)
     shared = (tf.constant(batches), tf.constant(sched.step_rows.astype(np.int32)), tf.constant(sched.record_end),
               len(sched.examples))
-    if model.hidden:
-        run = network.compiled(optimizer, sizes, model.activation)
-        data = (tf.constant(dataset.features), tf.constant(dataset.target))
-        start = network.starting_loss(dataset.features, dataset.target, unique_seeds, sizes, model.activation)[seed_index]
-    else:
-        run, gram = _compiled(optimizer), gram_matrix(dataset)
-        data = (tf.constant(np.concatenate([dataset.features, np.ones((n_rows, 1), np.float32)], axis=1)),
-                tf.constant(dataset.target), tf.constant(gram))
-        start = _loss(gram, theta0[seed_index])
-
-    size = _chunk_size(k, bool(model.hidden))
+    run, data = workload.loop(optimizer, n_features), workload.loop_data(dataset)
+    start = workload.starting_loss(dataset, unique_seeds, protocol)[seed_index]
+    size = workload.rows_per_call(k, _CORES)
 
     def call(first: int):
         """Rows first.. first + size, a short chunk padded with its own rows (they train and are dropped)."""
@@ -214,9 +146,7 @@ def train(
                                     {name: tf.constant(pad(v)[:, None]) for name, v in values.items()},
                                     tf.constant(lr_factor), tf.constant(pad(schedule_index)))
         kept = k - first
-        eff_lr = eff_lr.numpy()[:, :kept]  # (records, rows, coordinates)
-        if model.hidden:  # a network's rates, to each layer's quantiles
-            eff_lr = network.layer_bands(eff_lr, sizes)
+        eff_lr = workload.columns(eff_lr.numpy()[:, :kept], n_features)  # (records, rows, columns)
         return theta.numpy()[:kept], losses.numpy().T[:kept], eff_lr.transpose(1, 0, 2)
 
     starts, shape = list(range(0, k, size)), (run, size, batches.shape, lr_factor.shape, *(d.shape for d in data))
@@ -232,8 +162,7 @@ def train(
     return TrainResult(sched.examples, losses, eff_lr, theta, diverged, start)
 
 
-def train_groups(dataset: Dataset, optimizer: str, groups: list, protocol: TrainParams,
-                 problem: str = "linreg") -> list:
+def train_groups(dataset: Dataset, optimizer: str, groups: list, protocol: TrainParams, problem: str) -> list:
     """Several (hyper, seeds) groups in one call, one TrainResult each: the loop compiles once
     for them all instead of once per group shape."""
     sizes, hypers, seeds, names = [], [], [], []
@@ -252,12 +181,12 @@ def train_groups(dataset: Dataset, optimizer: str, groups: list, protocol: Train
     return [result.take(slice(end - k, end)) for k, end in zip(sizes, ends)]
 
 
-def train_optimizers(dataset: Dataset, groups_of: dict, protocol: TrainParams, problem: str = "linreg") -> dict:
+def train_optimizers(dataset: Dataset, groups_of: dict, protocol: TrainParams, problem: str) -> dict:
     """train_groups for several optimizers: optimizer -> its groups, to optimizer -> its results.
     A network's optimizers train side by side: each first compiles its own loop, 2.5 s on one
     core, which then overlaps another's run."""
     one = lambda name: train_groups(dataset, name, groups_of[name], protocol, problem)  # noqa: E731
-    if not problems.get(problem).hidden:
+    if not problems.get(problem).concurrent:
         return {name: one(name) for name in groups_of}
     return side_by_side(one, list(groups_of))
 
@@ -280,21 +209,4 @@ def side_by_side(work, names: list) -> dict:
 
 def initial_loss(dataset: Dataset, seeds, protocol: TrainParams, problem: str) -> np.ndarray:
     """(K,) the training loss at the start of training for each seed: what a diverged run scores."""
-    n_rows, n_features = dataset.features.shape
-    sizes, model = problems.layer_sizes(problem, n_features), problems.get(problem)
-    if model.hidden:
-        return network.starting_loss(dataset.features, dataset.target, seeds, sizes, model.activation)
-    starts = [randomness.seed_stream(int(s), n_rows, n_features, protocol)[0] for s in seeds]
-    return _loss(gram_matrix(dataset), np.stack(starts))
-
-
-def gram_matrix(dataset: Dataset) -> np.ndarray:
-    """[X, 1, y]^T [X, 1, y] / n in float64: the training loss of any (w, b) is 0.5 v^T G v."""
-    z = np.column_stack([dataset.features, np.ones(len(dataset.target)), dataset.target]).astype(np.float64)
-    return z.T @ z / len(z)
-
-
-def _loss(gram: np.ndarray, theta: np.ndarray) -> np.ndarray:
-    """Training loss of each row of theta (K, P), from the Gram matrix."""
-    v = np.concatenate([theta.astype(np.float64), -np.ones((len(theta), 1))], axis=1)
-    return 0.5 * np.einsum("ki,ij,kj->k", v, gram, v)
+    return problems.get(problem).starting_loss(dataset, seeds, protocol)

@@ -6,7 +6,7 @@ runs on them unchanged. The forward and backward passes are written out (batched
 rows never mix): what the float64 check in the tests recomputes by hand.
 XLA computes a batched matmul the same way for every K of 2 or more, but a batch of one by another
 kernel, so the engine never runs a network with K = 1 (it pads to 2): one batched call equals K
-single calls bit for bit. The engine splits K into one call per core (engine._chunk_size).
+single calls bit for bit. The engine splits K into one call per core (problems.Network.rows_per_call).
 The loss over all rows and every coordinate's effective learning rate are taken once per record,
 not per step; each layer's quantiles of the rates are then taken on the host (layer_bands): XLA's
 sort on the CPU took a fifth to a quarter of a whole training call.

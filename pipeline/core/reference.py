@@ -7,11 +7,10 @@ Keras's built-in optimizers are run for the report's from-scratch vs Keras compa
 """
 import numpy as np
 
-from pipeline.core import optimizers
+from pipeline.core import optimizers, problems
 from pipeline.core.config import TrainParams
 from pipeline.core.data import Dataset
 from pipeline.core.engine import TrainResult
-from pipeline.core.randomness import seed_stream
 from pipeline.core.tfimport import tf
 
 
@@ -29,14 +28,17 @@ def keras_optimizer(name: str, hyper: dict):
     return make(hyper)
 
 
-def train_eager(dataset: Dataset, optimizer: str, hyper: dict, seed: int, protocol: TrainParams,
+def train_eager(dataset: Dataset, problem: str, optimizer: str, hyper: dict, seed: int, protocol: TrainParams,
                 use_keras: bool = False, book_loop: bool = True) -> TrainResult:
     """book_loop: the book's loop as written, every op eager and the loss summed batch by batch
     through tf.data (what the benchmark times). False, for the evaluation's Keras runs, compiles
     the update step with tf.function and computes the loss in one call: the same updates at about
     a twentieth of the cost, and a loss that differs only in summation order."""
     n_rows, n_features = dataset.features.shape
-    theta0, batches = seed_stream(int(seed), n_rows, n_features, protocol)
+    workload = problems.get(problem)
+    if workload.kind != "linear":
+        raise ValueError(f"the book's loop trains the linear model, not {problem}")
+    theta0, batches = workload.stream(int(seed), n_rows, n_features, protocol)
     w = tf.Variable(theta0[:-1, None])
     b = tf.Variable(theta0[-1:])
     net = lambda x: tf.matmul(x, w) + b

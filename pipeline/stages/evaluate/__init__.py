@@ -5,7 +5,7 @@ across problems (across.py).
 Writes under reports/evaluation/<problem>/:
   curves.csv         family (tuned, book, defaults, framework), optimizer, seed, examples, loss, excess_loss
   coordinates.csv    family, optimizer, examples, coordinate, effective_lr (mean over seeds); on a network the
-                     "coordinates" are each layer's 10%, 50% and 90% quantiles (problems.lr_columns)
+                     "coordinates" are each layer's 10%, 50% and 90% quantiles (the workload's lr_columns)
   landscape.csv      optimizer, one column per hyperparameter, objective, diverged: a full grid on the study's seeds
   budget.csv         optimizer, trials, best_so_far (the study's TPE), subsample_expected_best (expected best of
                      b of the study's own trials, without replacement), random_search_expected_best (b draws

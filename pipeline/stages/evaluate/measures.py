@@ -50,16 +50,14 @@ def mean_ci(values: np.ndarray, penalty) -> FinalLoss:
                      seeds=int(n))
 
 
-def lr_ratio(result: engine.TrainResult, columns: tuple) -> dict:
+def lr_ratio(result: engine.TrainResult, layers: dict) -> dict:
     """Per layer (a linear model is one), the median coordinate's effective lr at the last record over
-    its value at the first, averaged over the seeds that did not diverge: below 1 the rate fell."""
+    its value at the first, averaged over the seeds that did not diverge: below 1 the rate fell.
+    layers: the workload's rate_layers, layer -> its median column (None: the median over all)."""
     kept = ~result.diverged
     if not kept.any():
         return {}
     eff = result.effective_lr[kept]  # (seeds, R, C)
-    if columns[0].endswith("p10"):  # a network: each layer's median column
-        layers = {c.split()[0]: eff[:, :, j] for j, c in enumerate(columns) if c.endswith("median")}
-    else:
-        layers = {"all": np.median(eff, axis=2)}
+    medians = {layer: np.median(eff, axis=2) if j is None else eff[:, :, j] for layer, j in layers.items()}
     with np.errstate(divide="ignore", invalid="ignore"):
-        return {layer: float(np.mean(v[:, -1] / v[:, 0])) for layer, v in layers.items()}
+        return {layer: float(np.mean(v[:, -1] / v[:, 0])) for layer, v in medians.items()}

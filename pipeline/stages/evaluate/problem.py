@@ -94,7 +94,7 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
                                         params.problem).mean())
     goal = target(problem, floor, ev.floor_tolerance, {o: r["tuned"].scored() for o, r in runs.items()})
     summary, scores, convergence, eff_mean, start_losses = {}, {}, {}, {}, []
-    columns = problems.lr_columns(params.problem, dataset.features.shape[1])
+    columns = problem.lr_columns(dataset.features.shape[1])
     for name in params.study.optimizers:
         opt, (best, trials) = optimizers.get(name), studies[name]
         scores[name] = {family: r.scored() for family, r in runs[name].items()}
@@ -124,7 +124,7 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
             **{f"{family}_examples_to_floor": _reach_summary(reach[family], len(seeds)) for family in runs[name]},
             "tuned_examples_reached": reached,
             "tuned_examples_to_target": _reach_summary(reached, len(seeds)),
-            "effective_lr_ratio": lr_ratio(tuned, columns),
+            "effective_lr_ratio": lr_ratio(tuned, problem.rate_layers(columns)),
             "trials": len(trials),
             "diverged_trials": sum(t["diverged"] == "1" for t in trials),
             "divergence_penalty": penalty,
@@ -136,7 +136,7 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
     start = float(np.mean(start_losses))
     margin = ev.equivalence_margin * (start - floor)
     result = {"problem": params.problem, "label": problem.label, "convex": problem.convex,
-              "network": bool(problem.hidden), "floor_kind": problem.floor,
+              "network": problem.kind == "network", "floor_kind": problem.floor,
               "description": problem.description, "protocol": _protocol(params, len(dataset.target)), "floor": floor,
               "floor_source": FLOOR_SOURCES[problem.floor], "target": goal, "seeds": seeds.tolist(), "floor_tolerance": ev.floor_tolerance,
               "divergence_rule": DIVERGENCE_RULE, "initial_loss": start, "dense_analyses": problem.dense_analyses,
@@ -220,7 +220,7 @@ def _keras_runs(dataset, name, hyper, seeds, tuned, params, floor, curves: list)
     loss difference from our engine at any record (None where Keras has no such optimizer)."""
     if optimizers.get(name).keras is None:
         return None
-    keras = [reference.train_eager(dataset, name, hyper, int(s), params.train, use_keras=True, book_loop=False)
+    keras = [reference.train_eager(dataset, params.problem, name, hyper, int(s), params.train, use_keras=True, book_loop=False)
              for s in seeds[: params.evaluate.framework_seeds]]
     for seed, k in zip(seeds, keras):
         curves += _curve_rows("framework", name, [seed], k, floor)

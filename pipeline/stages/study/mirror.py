@@ -35,7 +35,7 @@ def _ranges(optimizer: str, params: Params) -> dict:
 def identity(optimizer: str, params: Params) -> dict:
     """What the study is, as Optuna user attributes a person reads in optuna-dashboard."""
     t, ranges = params.train, params.study.search_space
-    init = "Glorot uniform" if problems.get(params.problem).hidden else f"{t.init} (std {t.init_std:g})"
+    init = problems.get(params.problem).init_label(t)
     return {"problem": params.problem, "model": problems.get(params.problem).description, "optimizer": optimizer,
             "schedule": schedules.get(params.schedule).label,
             "search_space": {h: f"{r} ({ranges[h].scale})" for h, r in _ranges(optimizer, params).items()},
