@@ -75,7 +75,7 @@ def cmd_train(args, params: config.Params) -> None:
         k: v for k, v in (("batch_size", args.batch_size), ("epochs", args.epochs), ("init", args.init)) if v is not None})
     hyper = _hyper(args, params.book, "book")
     settings = _schedule_settings(args)
-    dataset = data.load_prepared()
+    dataset = workload.data(data.load_prepared())
     n_features = dataset.features.shape[1]
     result = engine.train(dataset, args.optimizer, {**hyper, **settings}, [args.seed], protocol, args.problem,
                           args.schedule)
@@ -86,6 +86,7 @@ def cmd_train(args, params: config.Params) -> None:
         print(json.dumps({
             "problem": args.problem,
             "architecture": workload.architecture(n_features),
+            "data": workload.data_record(dataset),
             "initial_parameters": workload.initial_layers(workload.initial_params(args.seed, n_features, protocol),
                                                           n_features),
             "protocol": dataclasses.asdict(protocol),

@@ -43,7 +43,8 @@ SCENARIOS = {
     # Another protocol, objective and sampler seed; every scale on some hyperparameter; an RDB storage.
     "protocol and scales": {
         "data": {"n_rows": 1000},
-        "train": {"batch_size": 7, "epochs": 1, "record_every": 100, "init": "zeros", "diverge_factor": 100},
+        "train": {"batch_size": 7, "epochs": 1, "record_every": 100, "init": "zeros", "diverge_factor": 100,
+                  "drop_remainder": True},
         "protocols": {"mlp": {"batch_size": 25, "epochs": 3, "record_every": 500}},
         "study": {"optimizers": ["rmsprop", "adam", "momentum"], "objective": "mean_loss", "seed": 3, "n_trials": 4,
                   "storage": "sqlite:///{root}/studies.db", "heartbeat_s": 1, "grace_s": 3,
@@ -79,6 +80,10 @@ ELSEWHERE = {
     "study.workers": "test_study_workers_setting_never_forks_beyond_it",
     "study.reconnect_s": "test_faults: test_workers_wait_out_a_database_restart (60), test_past_reconnect_s (2)",
     "study.problems": "test_a_new_problem_registered_in_one_place...; test_report: dvc exp run -S study.problems=[mlp]",
+    "protocols.quadratic_deep.batch_size": "test_workloads: the float64 check, full batch (1000)",
+    "protocols.quadratic_deep.epochs": "test_workloads: the float64 check (13, 15, 100) and every stage (20)",
+    "protocols.quadratic_deep.record_every": "test_workloads: every step (8, 128, 1000) and every stage (1792)",
+    "protocols.quadratic_deep.drop_remainder": "test_workloads: the float64 check with the remainder kept",
 }
 
 
@@ -113,7 +118,8 @@ def run_pipeline(params: config.Params, dataset: data.Dataset, root) -> tuple:
                 for schedule in params.study.schedules:
                     problem_params = config.for_problem(params, p, schedule)
                     store = storage.open_storage(params.study.storage, params.study, root / "studies")
-                    result, sink, timings = study_stage.run_with(tracker, o, problem_params, dataset, store, {})
+                    own = problems.get(p).data(dataset)  # as the study stage does: the workload's data
+                    result, sink, timings = study_stage.run_with(tracker, o, problem_params, own, store, {})
                     outcome = study_outputs.write_outputs(result, o, problem_params,
                                                           paths.study_dir(p, o, schedule, root / "studies"), timings)
                     study_outputs.log_study_summary(tracker, sink.parent_id, result, o, outcome, problem_params)
@@ -207,7 +213,7 @@ def test_scenario_runs_through_every_stage(scenario, raw_file, tmp_path):
     if scenario == "protocol and scales":
         import optuna
         assert len(optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/studies.db")) == 3 * 2  # x problems
-        assert list(map(int, summary_examples(tmp_path))) == [700, 1000]  # batch 7, record every 100, 1 epoch
+        assert list(map(int, summary_examples(tmp_path))) == [700, 994]  # 142 batches of 7 (6 rows sit out), record every 100
         mlp = json.loads((tmp_path / "reports/summary.json").read_text())["problems"]["mlp"]
         assert mlp["protocol"] == {"batch_size": 25, "epochs": 3, "record_every": 500, "steps": 120}  # 40 steps x 3
         check_each_problem_alone(params, dataset, tmp_path)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError, model_validator
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
 from pipeline.core import optimizers, problems
@@ -53,6 +53,7 @@ class TrainParams:
     init: Literal["normal", "zeros"]  # "normal": w ~ N(0, init_std); "zeros": w = 0; b = 0 either way
     init_std: PositiveFloat
     diverge_factor: PositiveFloat  # a run whose loss ever exceeds this multiple of its starting loss diverged
+    drop_remainder: StrictBool = False  # each epoch drops its last, short batch (DeepOBS's protocol)
 
 
 @frozen
@@ -62,6 +63,7 @@ class ProtocolChanges:
     batch_size: typing.Optional[Positive] = None
     epochs: typing.Optional[Positive] = None
     record_every: typing.Optional[Positive] = None
+    drop_remainder: typing.Optional[StrictBool] = None
 
 
 @frozen

@@ -65,9 +65,9 @@ class Timeline(NamedTuple):
 
 def timeline(n_rows: int, protocol: TrainParams) -> Timeline:
     b = protocol.batch_size
-    steps_per_epoch = math.ceil(n_rows / b)
+    steps_per_epoch = n_rows // b if protocol.drop_remainder else math.ceil(n_rows / b)
     rows = np.full(steps_per_epoch, b)
-    rows[-1] = n_rows - b * (steps_per_epoch - 1)
+    rows[-1] = b if protocol.drop_remainder else n_rows - b * (steps_per_epoch - 1)
     step_rows = np.tile(rows, protocol.epochs)
     seen = np.cumsum(step_rows)
     recorded = seen % protocol.record_every == 0  # the book: `if n % 200 == 0`

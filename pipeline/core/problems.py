@@ -32,6 +32,21 @@ class Workload:
     uses_train_init: ClassVar[bool]  # whether train.init and train.init_std start it
     concurrent: ClassVar[bool]  # whether its optimizers train side by side (each compiles for seconds)
 
+    floor_words: ClassVar[str] = ""  # a closed-form floor's name ("least-squares"); none for best_known
+    has_split: ClassVar[bool] = False  # whether it holds out data to score the trained parameters on
+
+    def data(self, prepared):
+        """Its training data: the prepared airfoil data, unless the workload brings its own."""
+        return prepared
+
+    def data_record(self, dataset) -> dict:
+        """What anyone needs to rebuild its data (`train --json`): the split and the preprocessing."""
+        stats = dataset.stats
+        return {"source": "airfoil_self_noise.dat: the first data.n_rows rows train, none held out",
+                "train_rows": list(range(stats["rows"])), "held_out_rows": [],
+                "preprocessing": {"standardized_over": f"all {stats['rows_in_file']} rows of the file (as the book)",
+                                  "columns": stats["columns"], "means": stats["means"], "stds": stats["stds"]}}
+
     def sizes(self, n_features: int) -> tuple:
         """(inputs, hidden..., 1): the layers of its parameter vector (weights row-major, then bias)."""
         raise NotImplementedError
@@ -64,6 +79,10 @@ class LinearRegression(Workload):
     uses_train_init: ClassVar[bool] = True
     concurrent: ClassVar[bool] = False
     activation_name: ClassVar[str] = "none"
+    floor_words: ClassVar[str] = "least-squares"
+
+    def closed_floor(self, dataset) -> float:
+        return dataset.stats["least_squares"]["loss"]  # prepare's least-squares solution
 
     def sizes(self, n_features: int) -> tuple:
         return (n_features, 1)
@@ -179,6 +198,98 @@ class Network(Workload):
         return network.layer_bands(rates, self.sizes(n_features))
 
 
+@dataclass(frozen=True)
+class DeepQuadratic(Workload):
+    """DeepOBS's quadratic_deep (deep_quadratic.py): its own 1,000 training and 1,000 test points,
+    theta from ones whatever the seed, the loss's minimum in closed form."""
+
+    kind: ClassVar[str] = "quadratic"
+    uses_train_init: ClassVar[bool] = False
+    concurrent: ClassVar[bool] = False
+    activation_name: ClassVar[str] = "none"
+    floor_words: ClassVar[str] = "closed-form"
+    has_split: ClassVar[bool] = True
+
+    def held_out_loss(self, theta: np.ndarray) -> np.ndarray:
+        """(K,) the mean loss over DeepOBS's 1,000 test points, float64 (all of them: DeepOBS's own
+        evaluation drops the remainder of its batches of 128)."""
+        from pipeline.core import deep_quadratic
+
+        return deep_quadratic.mean_loss(theta, deep_quadratic.instance()[2])
+
+    def data(self, prepared):
+        """Its own training points (the airfoil data plays no part): features x, no target."""
+        from pipeline.core import deep_quadratic
+        from pipeline.core.data import Dataset
+
+        _, train, _ = deep_quadratic.instance()
+        return Dataset(train, np.zeros(len(train), np.float32), {"rows": len(train)})
+
+    def closed_floor(self, dataset) -> float:
+        from pipeline.core import deep_quadratic
+
+        return deep_quadratic.offset(dataset.features)[1]
+
+    def data_record(self, dataset) -> dict:
+        from pipeline.core import deep_quadratic
+
+        return {"source": "DeepOBS quadratic_deep: points x ~ N(0, 0.6^2 I) in 100 dimensions, float32",
+                "train_points": "numpy.random.RandomState(42).normal(0.0, 0.6, (1000, 100))",
+                "held_out_points": "numpy.random.RandomState(43).normal(0.0, 0.6, (1000, 100))",
+                "train_rows": list(range(len(dataset.target))), "preprocessing": "none",
+                "hessian_eigenvalues": np.linalg.eigvalsh(deep_quadratic.symmetric_hessian().astype(np.float64)).tolist()}
+
+    def sizes(self, n_features: int) -> tuple:
+        return (n_features,)
+
+    def initial_params(self, seed: int, n_features: int, protocol) -> np.ndarray:
+        return np.ones(n_features, np.float32)
+
+    def initial_layers(self, theta0: np.ndarray, n_features: int) -> list:
+        return [{"theta": theta0.tolist()}]
+
+    def architecture(self, n_features: int) -> dict:
+        return {"layers": [n_features], "activation": "none", "description": self.description}
+
+    def init_label(self, train) -> str:
+        return "ones"
+
+    def lr_columns(self, n_features: int) -> tuple:
+        """The 10%, 50% and 90% quantiles of the 100 coordinates' rates."""
+        return ("theta p10", "theta median", "theta p90")
+
+    def rate_layers(self, columns: tuple) -> dict:
+        return {"theta": 1}
+
+    def loop(self, optimizer: str, n_features: int):
+        from pipeline.core import deep_quadratic
+
+        return deep_quadratic.compiled(optimizer)
+
+    def loop_data(self, dataset) -> tuple:
+        from pipeline.core import deep_quadratic
+        from pipeline.core.tfimport import tf
+
+        hessian = deep_quadratic.symmetric_hessian()
+        mean, floor = deep_quadratic.offset(dataset.features)
+        return (tf.constant(dataset.features), tf.constant(hessian), tf.constant(hessian.astype(np.float64)),
+                tf.constant(mean), tf.constant(floor, tf.float64))
+
+    def starting_loss(self, dataset, seeds, protocol) -> np.ndarray:
+        from pipeline.core import deep_quadratic
+
+        start = deep_quadratic.mean_loss(np.ones((1, dataset.features.shape[1])), dataset.features)
+        return np.repeat(start, len(seeds))
+
+    def rows_per_call(self, k: int, cores: int) -> int:
+        return 1 << max(0, (k - 1).bit_length())
+
+    def columns(self, rates: np.ndarray, n_features: int) -> np.ndarray:
+        from pipeline.core import network
+
+        return network.bands(rates, [(0, n_features)])
+
+
 @functools.lru_cache(maxsize=4096)
 def _network_start(seed: int, sizes: tuple) -> np.ndarray:
     from pipeline.core import network
@@ -193,6 +304,10 @@ PROBLEMS = {p.name: p for p in (
     # Two tanh layers of 64 (4,609 parameters). tanh rather than ReLU: a smooth loss, so the float64
     # check holds on every step (no kink a rounding error can flip) and no unit dies. Its protocol
     # (params.yaml, protocols.mlp) trains 10 epochs.
+    # DeepOBS's instance, so results here line up with DeepOBS's and Crowded Valley's published runs.
+    DeepQuadratic("quadratic_deep", "DeepOBS quadratic_deep (convex, 100-D)",
+                  "DeepOBS's noisy quadratic 0.5 (theta - x)^T H (theta - x), 100 dimensions, 90 eigenvalues in (0, 1) "
+                  "and 10 in (30, 60), theta from ones", floor="closed_form", dense_analyses=False, convex=True),
     Network("mlp", "tanh network 5-64-64-1 (non-convex)",
             "a fully connected network 5 -> 64 -> 64 -> 1 with tanh, Glorot-uniform weights, zero biases",
             floor="best_known", dense_analyses=False, convex=False, hidden=(64, 64), activation="tanh"),

@@ -80,7 +80,7 @@ def train_eager(dataset: Dataset, problem: str, optimizer: str, hyper: dict, see
         order = batches[epoch].reshape(-1)[:n_rows]  # the engine's permutation for this epoch
         data_iter = tf.data.Dataset.from_tensor_slices(
             (dataset.features[order], dataset.target[order])
-        ).batch(protocol.batch_size)
+        ).batch(protocol.batch_size, drop_remainder=protocol.drop_remainder)
         for x, y in data_iter:
             step(x, y)
             seen += int(x.shape[0])
@@ -88,6 +88,10 @@ def train_eager(dataset: Dataset, problem: str, optimizer: str, hyper: dict, see
                 examples.append(seen)
                 losses.append(evaluate_loss(data_iter) if book_loop else
                               float(tf.reduce_mean(squared_loss(net(dataset.features), dataset.target))))
+    if not examples or examples[-1] != seen:  # the end, recorded as the engine always records it
+        examples.append(seen)
+        losses.append(evaluate_loss(data_iter) if book_loop else
+                      float(tf.reduce_mean(squared_loss(net(dataset.features), dataset.target))))
     theta = np.concatenate([w.numpy()[:, 0], b.numpy()])[None]
     losses = np.array([losses])
     diverged = ~np.isfinite(losses).all(axis=1)

@@ -41,7 +41,8 @@ def evaluate(dataset: Dataset, params: Params, studies_dir: Path, out_dir: Path 
         reference.load_keras()  # not in a problem's thread while another's trains
     # The problems side by side: the linear model's evaluation keeps one core busy most of the time
     # (Keras runs, the sampler race, statistics), and a network's training fills the other.
-    by_problem = engine.side_by_side(lambda p: evaluate_problem(dataset, config.for_problem(params, p), studies_dir,
+    by_problem = engine.side_by_side(lambda p: evaluate_problem(problems.get(p).data(dataset),
+                                                                config.for_problem(params, p), studies_dir,
                                                                 Path(out_dir) / p, tracker), params.study.problems)
     result = {"problems": by_problem, "across": across.across(by_problem, list(params.study.optimizers))}
     write_csv(Path(out_dir) / "book_schedules.csv", scheduled.book_figures())

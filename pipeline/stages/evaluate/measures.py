@@ -21,8 +21,8 @@ def target(problem, floor: float, tolerance: float, tuned_finals: dict) -> dict:
     of it. A best known loss is one run's luck, far below what tuned runs reach in the budget (the
     network still improves at its end, by design), so, as AlgoPerf sets its targets from tuned
     baselines: the median final loss of the tuned optimizer whose median is lowest."""
-    if problem.floor == "least_squares":
-        return {"value": (1 + tolerance) * floor, "rule": f"within {tolerance:.0%} of the least-squares floor"}
+    if problem.floor != "best_known":
+        return {"value": (1 + tolerance) * floor, "rule": f"within {tolerance:.0%} of the {problem.floor_words} floor"}
     best = min(tuned_finals, key=lambda o: np.median(tuned_finals[o]))
     return {"value": float(np.median(tuned_finals[best])),
             "rule": f"the median final loss of the best tuned optimizer ({best}), as AlgoPerf sets targets"}

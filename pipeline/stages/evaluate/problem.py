@@ -53,8 +53,23 @@ class OptimizerSummary(TypedDict):
 
 
 FLOOR_SOURCES = {"least_squares": "the least-squares minimum (closed form)",
+                 "closed_form": "the minimum at theta = the training points' mean (closed form)",
                  "best_known": "the lowest training loss any run of this pipeline recorded (every evaluation run at "
                                "every record, and every study trial's final loss per seed)"}
+
+
+def _held_out(problem, dataset: Dataset, family_runs: dict, seeds, protocol) -> dict:
+    """Where the workload has held-out data: each family's final held-out loss under the divergence
+    rule (a diverged run scores the held-out loss of its start)."""
+    if not problem.has_split:
+        return {}
+    n_features = dataset.features.shape[1]
+    out = {}
+    for family, r in family_runs.items():
+        starts = np.stack([problem.initial_params(int(s), n_features, protocol) for s in seeds])
+        losses = np.where(r.diverged, np.nan, problem.held_out_loss(r.params))
+        out[f"{family}_held_out_loss"] = mean_ci(losses, problem.held_out_loss(starts))
+    return out
 
 
 def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_dir: Path, tracker=None) -> dict:
@@ -84,7 +99,7 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
         dense[name] = (points, *trained[3:n_groups]) if problem.dense_analyses else None
         scheduled_runs[name] = {key: (group[0], result) for (key, group), result
                                 in zip(with_schedules.items(), trained[n_groups:])}
-    floor = dataset.stats["least_squares"]["loss"] if problem.floor == "least_squares" else float(min(
+    floor = problem.closed_floor(dataset) if problem.floor != "best_known" else float(min(
         [np.nanmin(r.losses) for family in runs.values() for r in family.values()]
         + [np.nanmin(r.losses) for family in scheduled_runs.values() for _, r in family.values()]
         + [float(v) for _, trials in studies.values() for t in trials for k, v in t.items()
@@ -132,6 +147,7 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
             "best_known": known,
             "regret": best["value"] - known["value"],
             **extra,
+            **_held_out(problem, dataset, runs[name], seeds, params.train),
         })
     start = float(np.mean(start_losses))
     margin = ev.equivalence_margin * (start - floor)

@@ -211,4 +211,8 @@ def results_table(d) -> tuple:
                      fmt_loss(s["book_final_loss"]),
                      fmt_loss(s["tuned_final_loss"]),
                      steps, str(s["diverged_trials"]), str(s["trials"])])
+        if "tuned_held_out_loss" in s:  # a problem with held-out data
+            rows[-1].insert(6, fmt_loss(s["tuned_held_out_loss"]))
+    if rows and "tuned_held_out_loss" in d.opt[d.optimizers[0]]:
+        header.insert(6, "tuned held-out loss (95% CI)")
     return header, rows

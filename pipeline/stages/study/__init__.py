@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.core import data, paths
+from pipeline.core import data, paths, problems
 from pipeline.core.config import Params
 from pipeline.core.masking import mask_url
 
@@ -35,7 +35,7 @@ def run(optimizer: str, params: Params, storage_url: str, tracking_uri: str, wor
     # then tracking, and only then the journal file (created on open).
     open_store = lambda: storage.open_storage(storage_url, params.study)  # noqa: E731
     store = None if storage_url == storage.JOURNAL else open_store()
-    dataset = data.load_prepared()
+    dataset = problems.get(params.problem).data(data.load_prepared())
     with tracking.Tracker(tracking_uri, params.mlflow.experiment) as tracker:  # starts MLflow's process
         helpers = []
         if workers > 1:  # helpers start once the stores are known to work, then import TensorFlow beside us
