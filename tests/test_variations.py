@@ -84,6 +84,9 @@ ELSEWHERE = {
     "protocols.quadratic_deep.epochs": "test_workloads: the float64 check (13, 15, 100) and every stage (20)",
     "protocols.quadratic_deep.record_every": "test_workloads: every step (8, 128, 1000) and every stage (1792)",
     "protocols.quadratic_deep.drop_remainder": "test_workloads: the float64 check with the remainder kept",
+    "protocols.digits.batch_size": "test_workloads: the float64 check (200, 20)",
+    "protocols.digits.epochs": "test_workloads: the float64 check (100, 10) and every stage (3)",
+    "protocols.digits.record_every": "test_workloads: the float64 check, every step (200, 20)",
 }
 
 

@@ -15,10 +15,13 @@ Over a set of points the mean loss is 0.5 (theta - m)^T H (theta - m) + c, m the
 c = 0.5 mean (x - m)^T H (x - m): the minimum is c, at theta = m, in closed form.
 """
 import functools
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from pipeline.core import optimizers, schedules
+from pipeline.core.workloads import Workload
 
 DIM, POINTS, NOISE = 100, 1000, 0.6
 
@@ -107,3 +110,83 @@ def compiled(optimizer_name: str):
         return theta, losses.stack(), eff_lr.stack()
 
     return run
+
+
+@dataclass(frozen=True)
+class DeepQuadratic(Workload):
+    """DeepOBS's quadratic_deep (py): its own 1,000 training and 1,000 test points,
+    theta from ones whatever the seed, the loss's minimum in closed form."""
+
+    kind: ClassVar[str] = "quadratic"
+    uses_train_init: ClassVar[bool] = False
+    concurrent: ClassVar[bool] = False
+    activation_name: ClassVar[str] = "none"
+    floor_words: ClassVar[str] = "closed-form"
+    has_split: ClassVar[bool] = True
+
+    def held_out_metrics(self, theta: np.ndarray) -> dict:
+        """The mean loss over DeepOBS's 1,000 test points, float64 (all of them: DeepOBS's own
+        evaluation drops the remainder of its batches of 128)."""
+        return {"loss": mean_loss(theta, instance()[2])}
+
+    def data(self, prepared):
+        """Its own training points (the airfoil data plays no part): features x, no target."""
+        from pipeline.core.data import Dataset
+
+        _, train, _ = instance()
+        return Dataset(train, np.zeros(len(train), np.float32), {"rows": len(train)})
+
+    def closed_floor(self, dataset) -> float:
+        return offset(dataset.features)[1]
+
+    def data_record(self, dataset) -> dict:
+        return {"source": "DeepOBS quadratic_deep: points x ~ N(0, 0.6^2 I) in 100 dimensions, float32",
+                "train_points": "numpy.random.RandomState(42).normal(0.0, 0.6, (1000, 100))",
+                "held_out_points": "numpy.random.RandomState(43).normal(0.0, 0.6, (1000, 100))",
+                "train_rows": list(range(len(dataset.target))), "preprocessing": "none",
+                "hessian_eigenvalues": np.linalg.eigvalsh(symmetric_hessian().astype(np.float64)).tolist()}
+
+    def sizes(self, n_features: int) -> tuple:
+        return (n_features,)
+
+    def initial_params(self, seed: int, n_features: int, protocol) -> np.ndarray:
+        return np.ones(n_features, np.float32)
+
+    def initial_layers(self, theta0: np.ndarray, n_features: int) -> list:
+        return [{"theta": theta0.tolist()}]
+
+    def architecture(self, n_features: int) -> dict:
+        return {"layers": [n_features], "activation": "none", "description": self.description}
+
+    def init_label(self, train) -> str:
+        return "ones"
+
+    def lr_columns(self, n_features: int) -> tuple:
+        """The 10%, 50% and 90% quantiles of the 100 coordinates' rates."""
+        return ("theta p10", "theta median", "theta p90")
+
+    def rate_layers(self, columns: tuple) -> dict:
+        return {"theta": 1}
+
+    def loop(self, optimizer: str, n_features: int):
+        return compiled(optimizer)
+
+    def loop_data(self, dataset) -> tuple:
+        from pipeline.core.tfimport import tf
+
+        hessian = symmetric_hessian()
+        mean, floor = offset(dataset.features)
+        return (tf.constant(dataset.features), tf.constant(hessian), tf.constant(hessian.astype(np.float64)),
+                tf.constant(mean), tf.constant(floor, tf.float64))
+
+    def starting_loss(self, dataset, seeds, protocol) -> np.ndarray:
+        start = mean_loss(np.ones((1, dataset.features.shape[1])), dataset.features)
+        return np.repeat(start, len(seeds))
+
+    def rows_per_call(self, k: int, cores: int) -> int:
+        return 1 << max(0, (k - 1).bit_length())
+
+    def columns(self, rates: np.ndarray, n_features: int) -> np.ndarray:
+        from pipeline.core import network
+
+        return network.bands(rates, [(0, n_features)])

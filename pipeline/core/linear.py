@@ -2,7 +2,7 @@
 
 The minibatch gradient is written out; the loss over all rows comes from the Gram matrix
 [X, 1, y]^T [X, 1, y] / n in float64 (0.5 v^T G v with v = (w, b, -1)), at O(P^2) per configuration
-instead of O(n P): the fast path of this workload (problems.LinearRegression).
+instead of O(n P): the fast path of this workload (workloads.LinearRegression).
 """
 import functools
 

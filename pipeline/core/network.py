@@ -6,7 +6,7 @@ runs on them unchanged. The forward and backward passes are written out (batched
 rows never mix): what the float64 check in the tests recomputes by hand.
 XLA computes a batched matmul the same way for every K of 2 or more, but a batch of one by another
 kernel, so the engine never runs a network with K = 1 (it pads to 2): one batched call equals K
-single calls bit for bit. The engine splits K into one call per core (problems.Network.rows_per_call).
+single calls bit for bit. The engine splits K into one call per core (workloads.Network.rows_per_call).
 The loss over all rows and every coordinate's effective learning rate are taken once per record,
 not per step; each layer's quantiles of the rates are then taken on the host (layer_bands): XLA's
 sort on the CPU took a fifth to a quarter of a whole training call.
@@ -42,8 +42,8 @@ def initial_params(seed: int, sizes: tuple) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
-def numpy_loss(features: np.ndarray, target: np.ndarray, theta: np.ndarray, sizes: tuple, activation: str):
-    """(K,) training loss mean((y_hat - y)^2) / 2 of each row of theta, in float64."""
+def numpy_outputs(features: np.ndarray, theta: np.ndarray, sizes: tuple, activation: str) -> np.ndarray:
+    """(K, n, outputs) the network's outputs for each row of theta, in float64."""
     act = np.tanh if activation == "tanh" else (lambda z: np.maximum(z, 0.0))
     theta = theta.astype(np.float64)
     h = np.broadcast_to(features.astype(np.float64), (len(theta), *features.shape))
@@ -53,21 +53,40 @@ def numpy_loss(features: np.ndarray, target: np.ndarray, theta: np.ndarray, size
         h = h @ w + theta[:, None, b0:end]
         if i < len(slices) - 1:
             h = act(h)
-    return 0.5 * ((h[..., 0] - target) ** 2).mean(axis=1)
+    return h
 
 
-_START_LOSS = {}  # (data digest, seed, sizes, activation) -> float64 loss at the seed's initial parameters
+def numpy_loss(features: np.ndarray, target: np.ndarray, theta: np.ndarray, sizes: tuple, activation: str,
+               loss: str = "squared"):
+    """(K,) loss of each row of theta over the rows, in float64: mean((y_hat - y)^2) / 2, or for a
+    classifier ("softmax", target the class) the mean softmax cross-entropy."""
+    h = numpy_outputs(features, theta, sizes, activation)
+    if loss == "squared":
+        return 0.5 * ((h[..., 0] - target) ** 2).mean(axis=1)
+    top = h.max(axis=2, keepdims=True)
+    log_norm = np.log(np.exp(h - top).sum(axis=2)) + top[..., 0]
+    return (log_norm - np.take_along_axis(h, target.astype(int)[None, :, None], axis=2)[..., 0]).mean(axis=1)
 
 
-def starting_loss(features: np.ndarray, target: np.ndarray, seeds, sizes: tuple, activation: str) -> np.ndarray:
+def numpy_accuracy(features: np.ndarray, target: np.ndarray, theta: np.ndarray, sizes: tuple, activation: str):
+    """(K,) a classifier's share of rows whose largest output is their class."""
+    return (numpy_outputs(features, theta, sizes, activation).argmax(axis=2) == target.astype(int)).mean(axis=1)
+
+
+_START_LOSS = {}  # (data digest, seed, sizes, activation, loss) -> float64 loss at the seed's initial parameters
+
+
+def starting_loss(features: np.ndarray, target: np.ndarray, seeds, sizes: tuple, activation: str,
+                  loss: str = "squared") -> np.ndarray:
     """(len(seeds),) numpy_loss at each seed's initial parameters, computed once per process: a
     study's trials reuse the same few seeds, and it cost 20 ms of a 150 ms trial."""
     digest = hashlib.sha1(features.tobytes() + target.tobytes()).digest()
-    keys = [(digest, int(s), sizes, activation) for s in seeds]
+    keys = [(digest, int(s), sizes, activation, loss) for s in seeds]
     todo = sorted({k[1] for k in keys if k not in _START_LOSS})
     if todo:
-        losses = numpy_loss(features, target, np.stack([initial_params(s, sizes) for s in todo]), sizes, activation)
-        _START_LOSS.update({(digest, seed, sizes, activation): loss for seed, loss in zip(todo, losses)})
+        losses = numpy_loss(features, target, np.stack([initial_params(s, sizes) for s in todo]), sizes, activation,
+                            loss)
+        _START_LOSS.update({(digest, seed, sizes, activation, loss): v for seed, v in zip(todo, losses)})
     return np.array([_START_LOSS[k] for k in keys])
 
 
@@ -91,7 +110,8 @@ def bands(rates: np.ndarray, spans: list) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def compiled(optimizer_name: str, sizes: tuple, activation: str):
+def compiled(optimizer_name: str, sizes: tuple, activation: str, loss: str = "squared"):
+    """The loop: squared loss on one output, or ("softmax") cross-entropy on one output per class."""
     opt = optimizers.get(optimizer_name)
     act = tf.tanh if activation == "tanh" else tf.nn.relu
     shapes = list(zip(sizes[:-1], sizes[1:]))
@@ -125,8 +145,13 @@ def compiled(optimizer_name: str, sizes: tuple, activation: str):
             rows = tf.gather(batches[t], seed_index)  # (K, B)
             count = step_rows[t]
             h, inputs = forward(tf.gather(x, rows), params)
-            dz = ((h[..., 0] - tf.gather(y, rows)) * tf.cast(lanes < count, tf.float32)
-                  / tf.cast(count, tf.float32))[..., None]
+            if loss == "squared":
+                dz = ((h[..., 0] - tf.gather(y, rows)) * tf.cast(lanes < count, tf.float32)
+                      / tf.cast(count, tf.float32))[..., None]
+            else:  # d(cross-entropy)/d(logits) = softmax - one-hot, averaged over the batch
+                onehot = tf.one_hot(tf.cast(tf.gather(y, rows), tf.int32), sizes[-1])
+                dz = ((tf.nn.softmax(h) - onehot) * tf.cast(lanes < count, tf.float32)[..., None]
+                      / tf.cast(count, tf.float32))
             grads = [None] * len(params)
             for i in reversed(range(len(shapes))):
                 grads[2 * i] = tf.reshape(tf.matmul(inputs[i], dz, transpose_a=True), (tf.shape(dz)[0], -1))
@@ -141,9 +166,14 @@ def compiled(optimizer_name: str, sizes: tuple, activation: str):
         def segment(r, t, params, states, losses, eff_lr):
             t, params, states = tf.while_loop(lambda t, *_: t < record_end[r], step, (t, params, states))
             h, _ = forward(x[None], params)
-            loss = 0.5 * tf.reduce_mean(tf.square(tf.cast(h[..., 0], tf.float64) - y64), axis=1)
+            if loss == "squared":
+                value = 0.5 * tf.reduce_mean(tf.square(tf.cast(h[..., 0], tf.float64) - y64), axis=1)
+            else:
+                h64 = tf.cast(h, tf.float64)
+                picked = tf.reduce_sum(h64 * tf.one_hot(tf.cast(y, tf.int32), sizes[-1], dtype=tf.float64), axis=2)
+                value = tf.reduce_mean(tf.reduce_logsumexp(h64, axis=2) - picked, axis=1)
             rates = tf.concat([tf.broadcast_to(effective_lr(s, t - 1), tf.shape(p)) for s, p in zip(states, params)], 1)
-            return r + 1, t, params, states, losses.write(r, loss), eff_lr.write(r, rates)
+            return r + 1, t, params, states, losses.write(r, value), eff_lr.write(r, rates)
 
         records = (tf.TensorArray(tf.float64, size=n_records), tf.TensorArray(tf.float32, size=n_records))
         states = tuple(opt.init(p) for p in params)

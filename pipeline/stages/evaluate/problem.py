@@ -64,11 +64,11 @@ def _held_out(problem, dataset: Dataset, family_runs: dict, seeds, protocol) -> 
     if not problem.has_split:
         return {}
     n_features = dataset.features.shape[1]
+    starts = problem.held_out_metrics(np.stack([problem.initial_params(int(s), n_features, protocol) for s in seeds]))
     out = {}
     for family, r in family_runs.items():
-        starts = np.stack([problem.initial_params(int(s), n_features, protocol) for s in seeds])
-        losses = np.where(r.diverged, np.nan, problem.held_out_loss(r.params))
-        out[f"{family}_held_out_loss"] = mean_ci(losses, problem.held_out_loss(starts))
+        for metric, values in problem.held_out_metrics(r.params).items():
+            out[f"{family}_held_out_{metric}"] = mean_ci(np.where(r.diverged, np.nan, values), starts[metric])
     return out
 
 

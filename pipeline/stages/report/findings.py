@@ -213,6 +213,10 @@ def results_table(d) -> tuple:
                      steps, str(s["diverged_trials"]), str(s["trials"])])
         if "tuned_held_out_loss" in s:  # a problem with held-out data
             rows[-1].insert(6, fmt_loss(s["tuned_held_out_loss"]))
+        if "tuned_held_out_accuracy" in s:  # a classifier
+            rows[-1].insert(7, fmt_loss(s["tuned_held_out_accuracy"], 4))
     if rows and "tuned_held_out_loss" in d.opt[d.optimizers[0]]:
         header.insert(6, "tuned held-out loss (95% CI)")
+    if rows and "tuned_held_out_accuracy" in d.opt[d.optimizers[0]]:
+        header.insert(7, "tuned held-out accuracy (95% CI)")
     return header, rows
