@@ -253,13 +253,15 @@ def bench_against(baseline: str, repeats: int) -> str:
 
 
 def bench_problems(repeats: int) -> str:
-    """Cold default `dvc repro` (both problems) against the same with `study.problems: [linreg]` and
-    against the whole chapter on both problems, alternating in fresh clones of this commit."""
+    """Cold default `dvc repro` (four problems) against the same with each problem alone, and against
+    the whole chapter on the default problems, alternating in fresh clones of this commit."""
     env = _repro_env()
-    linreg = lambda raw: raw["study"].update(problems=["linreg"])  # noqa: E731
+    alone = lambda problem: lambda raw: raw["study"].update(problems=[problem])  # noqa: E731
     chapter = lambda raw: raw["study"].update(optimizers=sorted(optimizers.OPTIMIZERS))  # noqa: E731
-    runs = {"linear regression only": (linreg, []), "default (linreg, mlp)": (None, []),
-            "whole chapter, both problems": (chapter, [])}
+    runs = {"linear regression only": (alone("linreg"), []), "quadratic_deep only": (alone("quadratic_deep"), []),
+            "mlp only": (alone("mlp"), []), "digits only": (alone("digits"), []),
+            "default (linreg, quadratic_deep, mlp, digits)": (None, []),
+            "whole chapter, the default problems": (chapter, [])}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeats):
             for j, (name, (edit, times)) in enumerate(runs.items()):

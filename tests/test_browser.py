@@ -18,7 +18,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (apt-get install chromium); "
                                                           "under CI=true this fails")
 OPTIMIZERS = ["sgd", "adagrad", "rmsprop"]
-PROBLEMS = ["linreg", "mlp"]  # params.yaml's default
+PROBLEMS = ["linreg", "quadratic_deep", "mlp", "digits"]  # params.yaml's default
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_mlflow_ui_shows_every_study_on_the_first_screen_and_a_drawn_trial_chart
         for p in PROBLEMS:  # every study, named by problem and optimizer with its budget, without "Load more"
             for o in OPTIMIZERS:
                 page.get_by_text(f"{p} · {o} · 8 trials", exact=False).first.wait_for(timeout=60_000)
-        assert page.get_by_text("report · linreg, mlp · sgd, adagrad, rmsprop").count() == 1
+        assert page.get_by_text("report · linreg, quadratic_deep, mlp, digits · sgd, adagrad, rmsprop").count() == 1
         assert page.get_by_text("Load more").count() == 0
         page.screenshot(path=ARTIFACTS / "mlflow_studies.png", full_page=True)
 
@@ -141,7 +141,8 @@ def test_html_report_from_disk_decodes_every_figure_without_console_errors(proje
     from test_report import expected_sections_and_figures
     sections, figures = expected_sections_and_figures(PROBLEMS)
     assert page.evaluate("Array.from(document.querySelectorAll('figure')).map(f => f.id)") == figures
-    assert page.evaluate("Array.from(document.querySelectorAll('h2')).map(h => h.textContent)") == sections
+    assert page.evaluate("Array.from(document.querySelectorAll('h2')).map(h => h.textContent)") == [
+        *sections, "How to reproduce"]
     assert sorted(p.stem for p in (project / "reports" / "figures").glob("*.png")) == sorted(figures)
     widths = page.evaluate("Array.from(document.querySelectorAll('figure img')).map(i => i.complete && i.naturalWidth)")
     assert all(w and w > 100 for w in widths), widths

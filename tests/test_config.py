@@ -31,7 +31,7 @@ def test_committed_params_are_valid_and_typed():
     (lambda p: p["book"].update(rmsprop={"lr": 0.1, "gamma": 1.5}), "book.rmsprop.gamma: gamma must lie strictly between 0"),
     (lambda p: p["evaluate"]["quadratic"].update(sgd={"lr": -1}), "evaluate.quadratic.sgd.lr: lr must be positive"),
     (lambda p: p["study"].update(optimizers=["sgd", "sgd"]), "study.optimizers: each optimizer once"),
-    (lambda p: p["study"].update(problems=["cnn"]), "study.problems: unknown problem 'cnn': choose from linreg, mlp"),
+    (lambda p: p["study"].update(problems=["cnn"]), "study.problems: unknown problem 'cnn': choose from linreg, quadratic_deep, mlp, digits"),
     (lambda p: p["study"].update(problems=[]), "study.problems: list each problem once, got []"),
     (lambda p: p.update(problem="mlp"), "params.yaml: problem: unknown key; did you mean 'study.problems'?"),
     (lambda p: p["study"]["search_space"].update(betta={"low": 0.5, "high": 0.9, "scale": "linear"}),

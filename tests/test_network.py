@@ -147,7 +147,7 @@ def test_registry_names_the_columns_and_the_layers(dataset):
     assert problems.get("mlp").sizes(5) == SIZES
     assert network.layer_slices(SIZES)[-1] == (4544, 4608, 4609)
     assert len(problems.get("mlp").lr_columns(5)) == 9 and problems.get("linreg").lr_columns(5)[-1] == "b"
-    with pytest.raises(Exception, match="unknown problem 'cnn': choose one of linreg, mlp"):
+    with pytest.raises(Exception, match="unknown problem 'cnn': choose one of digits, linreg, mlp, quadratic_deep"):
         problems.get("cnn")
 
 

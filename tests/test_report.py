@@ -83,7 +83,9 @@ def small_pipeline(project_copy) -> dict:
     return raw
 
 
-LABELS = {"linreg": "linear regression (convex)", "mlp": "tanh network 5-64-64-1 (non-convex)"}
+LABELS = {"linreg": "linear regression (convex)", "mlp": "tanh network 5-64-64-1 (non-convex)",
+          "quadratic_deep": "DeepOBS quadratic_deep (convex, 100-D)",
+          "digits": "tanh classifier 64-64-64-10 on digits (non-convex)"}
 
 
 def expected_sections_and_figures(problems: list) -> tuple:
@@ -123,7 +125,7 @@ def check_report(root, n_trials=6) -> str:
         assert (reports / "figures" / f"{name}.png").stat().st_size > 10_000
     assert "src='http" not in page and "<link" not in page and "<script" not in page  # opens offline
 
-    text = " ".join(p.extract_text() for p in PdfReader(reports / "report.pdf").pages)
+    text = " ".join(" ".join(p.extract_text().split()) for p in PdfReader(reports / "report.pdf").pages)  # a cell may wrap
     for section in sections:
         assert section in text
     for problem, result in summary["problems"].items():
@@ -147,7 +149,9 @@ def test_dvc_repro_runs_every_stage_then_reruns_only_what_changed(project_copy):
     # parent run per study with one child run per trial, and DVC sees their metrics.
     client = MlflowClient(f"sqlite:///{project_copy}/mlflow.db")
     exp = client.get_experiment_by_name("airfoil-optimizers").experiment_id
-    for problem, name in itertools.product(("linreg", "mlp"), ("sgd", "adagrad", "rmsprop")):
+    records = {"linreg": range(200, 3001, 200), "mlp": range(1500, 15001, 1500),  # every 200; once an epoch of 1,500
+               "quadratic_deep": range(896, 89601, 896), "digits": range(1347, 8083, 1347)}  # 7 x 128; 1,347 images
+    for problem, name in itertools.product(records, ("sgd", "adagrad", "rmsprop")):
         assert len(list(csv.DictReader(open(project_copy / f"studies/{problem}/{name}/constant/trials.csv")))) == 6
         journal = storage.open_storage("journal", config.load_params(project_copy / "params.yaml").study,
                                        project_copy / "studies")
@@ -169,8 +173,7 @@ def test_dvc_repro_runs_every_stage_then_reruns_only_what_changed(project_copy):
         children = client.search_runs([trials_exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
         assert sorted(int(r.data.tags["trial_number"]) for r in children) == [t.number for t in trials]
         assert {"lr", "problem", "optimizer", "seeds", "batch_size", "epochs", "trial_number"} <= set(children[0].data.params)
-        steps = list(range(200, 3001, 200)) if problem == "linreg" else list(range(1500, 15001, 1500))
-        assert [m.step for m in client.get_metric_history(children[0].info.run_id, "loss")] == steps
+        assert [m.step for m in client.get_metric_history(children[0].info.run_id, "loss")] == list(records[problem])
     shown = dvc(project_copy, "metrics", "show", "--json")
     assert shown.returncode == 0 and "best_value" in shown.stdout and "tuned_final_loss" in shown.stdout
     [run] = client.search_runs([exp], "tags.run_type = 'report'")

@@ -320,6 +320,7 @@ def test_scaled_out_studies_feed_dvc_repro_and_the_password_leaks_nowhere(postgr
 
     raw = small_pipeline(project_copy)
     raw["mlflow"]["experiment"] = f"pipeline-{uuid.uuid4().hex[:8]}"
+    raw["study"]["problems"] = ["linreg", "mlp"]  # the storage is the point here; test_report runs all four
     (project_copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     shared = {"OPTUNA_STORAGE": postgres.create_database("optuna_pipeline"), "MLFLOW_TRACKING_URI": mlflow_server.url}
     assert dvc(project_copy, "repro", "prepare", **shared).returncode == 0

@@ -22,7 +22,9 @@ from pipeline.stages.study import storage, outputs as study_outputs
 from conftest import PARAMS, ROOT, cli, prepared_project, read_csv, run_env
 
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
-TINY = {"study": {"n_trials": 3, "seeds_per_trial": 2},
+# The scenarios vary knobs on the two airfoil problems; test_workloads runs quadratic_deep and digits
+# through every stage.
+TINY = {"study": {"n_trials": 3, "seeds_per_trial": 2, "problems": ["linreg", "mlp"]},
         "evaluate": {"seeds": 3, "framework_seeds": 1, "lr_points": 5, "grid_points": 4, "cube_points": 3,
                      "sampler_repeats": 2, "random_draws": 64, "refine_points": 3, "equivalence_margin": 0.05}}
 
