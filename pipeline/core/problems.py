@@ -4,7 +4,7 @@ follows it. Its training protocol is a knob: params.yaml's `train` with the prob
 `protocols.<name>` (config.protocol). To add a problem, add one workload here.
 """
 from pipeline.core.deep_quadratic import DeepQuadratic
-from pipeline.core.digits import Classifier
+from pipeline.core.classifier import Classifier
 from pipeline.core.errors import PipelineError
 from pipeline.core.workloads import LinearRegression, Network, Workload
 

@@ -3,7 +3,7 @@ and the stages ask of it: its parameters and their initialiser from the seed, it
 loop (forward pass, gradient, loss over all rows), its effective-lr columns, its floor, its held-out
 scores where it has a split, its label. The engine asks and never branches on a kind of problem.
 Here: the base and the two kinds on the airfoil data (the book's linear regression, a network);
-deep_quadratic.py and digits.py hold their own. The registry is problems.py.
+deep_quadratic.py and classifier.py hold their own. The registry is problems.py.
 TensorFlow is imported only when a loop is asked for: params validation reads the registry.
 """
 import functools

@@ -1,6 +1,7 @@
-"""A deep classifier on scikit-learn's bundled 8x8 digits: 1,797 images shipped inside the package
-(no download), a stratified, seeded split, pixels standardized with the training part's statistics
-only, softmax cross-entropy as the training loss, held-out loss and accuracy of the trained model.
+"""A deep classifier on a data set scikit-learn ships inside the package (no download): the digits
+problem's 1,797 8x8 images by default. A stratified, seeded split, features standardized with the
+training part's statistics only, softmax cross-entropy as the training loss, held-out loss and
+accuracy of the trained model.
 
 The split and the scaling are scikit-learn's own (train_test_split, StandardScaler: a pixel constant
 over the training part keeps scale 1); the network and its loop are network.py's, with one output per
@@ -14,19 +15,19 @@ import numpy as np
 
 from pipeline.core.workloads import Network
 
-TEST_FRACTION = 0.25  # 450 of 1,797 images held out, every class in proportion
+TEST_FRACTION = 0.25  # digits: 450 of 1,797 images held out, every class in proportion
 SPLIT_SEED = 0  # the split is part of the problem's definition, the same for every training seed
-CLASSES = 10
 
 
-@functools.lru_cache(maxsize=1)
-def split() -> dict:
-    """The digits, split and scaled: float32 features, labels as float32 class numbers, row indices."""
-    from sklearn.datasets import load_digits
+@functools.lru_cache(maxsize=None)
+def split(source: str) -> dict:
+    """sklearn.datasets.load_<source>() split and scaled: float32 features, labels as float32 class
+    numbers, row indices, the scaler's constants and the number of classes."""
+    import sklearn.datasets
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
-    images = load_digits()
+    images = getattr(sklearn.datasets, f"load_{source}")()
     rows = np.arange(len(images.target))
     train_rows, test_rows = train_test_split(rows, test_size=TEST_FRACTION, stratify=images.target,
                                              random_state=SPLIT_SEED)
@@ -35,12 +36,15 @@ def split() -> dict:
     labels = images.target.astype(np.float32)
     return {"train": (scaled[train_rows], labels[train_rows]), "test": (scaled[test_rows], labels[test_rows]),
             "train_rows": train_rows.tolist(), "test_rows": test_rows.tolist(),
-            "means": scaler.mean_.tolist(), "scales": scaler.scale_.tolist()}
+            "means": scaler.mean_.tolist(), "scales": scaler.scale_.tolist(),
+            "classes": int(len(np.unique(images.target))), "samples": len(rows)}
 
 
 @dataclass(frozen=True)
 class Classifier(Network):
-    """A network with one output per class and softmax cross-entropy, on the digits."""
+    """A network with one output per class and softmax cross-entropy, on a bundled scikit-learn set."""
+
+    source: str = "digits"  # sklearn.datasets.load_<source>: digits, wine, iris, breast_cancer
 
     kind: ClassVar[str] = "network"
     has_split: ClassVar[bool] = True
@@ -49,24 +53,25 @@ class Classifier(Network):
     def data(self, prepared):
         from pipeline.core.data import Dataset
 
-        features, labels = split()["train"]
+        features, labels = split(self.source)["train"]
         return Dataset(features, labels, {"rows": len(labels)})
 
     def sizes(self, n_features: int) -> tuple:
-        return (n_features, *self.hidden, CLASSES)
+        return (n_features, *self.hidden, split(self.source)["classes"])
 
     def held_out_metrics(self, theta: np.ndarray) -> dict:
-        """Cross-entropy and accuracy on the 450 held-out images, float64."""
+        """Cross-entropy and accuracy on the held-out part (digits: 450 images), float64."""
         from pipeline.core import network
 
-        features, labels = split()["test"]
+        features, labels = split(self.source)["test"]
         sizes = self.sizes(features.shape[1])
         return {"loss": network.numpy_loss(features, labels, theta, sizes, self.activation, self.loss),
                 "accuracy": network.numpy_accuracy(features, labels, theta, sizes, self.activation)}
 
     def data_record(self, dataset) -> dict:
-        s = split()
-        return {"source": "sklearn.datasets.load_digits(): 1,797 8x8 images, 64 pixels of 0..16, 10 classes",
+        s = split(self.source)
+        return {"source": f"sklearn.datasets.load_{self.source}(): {s['samples']} samples, "
+                          f"{len(s['means'])} features, {s['classes']} classes",
                 "split": f"sklearn.model_selection.train_test_split(test_size={TEST_FRACTION}, stratify=labels, "
                          f"random_state={SPLIT_SEED})",
                 "train_rows": s["train_rows"], "held_out_rows": s["test_rows"],
