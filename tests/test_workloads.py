@@ -168,6 +168,15 @@ def test_the_new_problems_run_through_every_stage_with_their_floors_and_held_out
         assert 0.8 < s["tuned_held_out_accuracy"]["mean"] <= 1  # it learned to tell digits apart
         assert set(s["effective_lr_ratio"]) == {"layer1", "layer2", "layer3"}
     assert "tuned held-out accuracy (95% CI)" in page and "The chapter&#39;s claim" in page
+    from conftest import read_csv
+    for problem, metrics in (("quadratic_deep", ["loss"]), ("digits", ["loss", "accuracy"])):
+        rows = read_csv(tmp_path / f"reports/evaluation/{problem}/curves.csv")
+        last = max(int(r["examples"]) for r in rows)
+        for metric in metrics:  # the curve's last record is the summary's held-out score, seed by seed
+            end = [float(r[f"held_out_{metric}"]) for r in rows if r["family"] == "tuned" and r["optimizer"] == "adagrad"
+                   and int(r["examples"]) == last]
+            want = everything["problems"][problem]["optimizers"]["adagrad"][f"tuned_held_out_{metric}"]["mean"]
+            assert np.mean(end) == pytest.approx(want, rel=1e-6)
 
 
 def test_train_json_carries_the_split_and_the_preprocessing(raw_file, tmp_path):
@@ -280,3 +289,22 @@ def test_at_its_protocol_every_book_setting_still_improves_on_digits(params):
         mean = result.losses.mean(axis=0)
         assert len(mean) == 6 and mean[-1] < 0.9 * mean[-2], (name, mean[-2:])
         assert DIGITS.held_out_metrics(result.params)["accuracy"].mean() > 0.9, name
+
+
+@pytest.mark.parametrize("problem", ["digits", "quadratic_deep"])
+def test_held_out_scores_at_every_record_equal_the_parameters_there(problem):
+    """The loop scores the held-out data at each record: at epoch e they equal the host's float64
+    scores of the parameters a run of e epochs ends with (the same seeds, the same batches)."""
+    workload = problems.get(problem)
+    base = config.protocol(PARAMS, problem)
+    protocol = dataclasses.replace(base, epochs=4, record_every=base.record_every)
+    hyper = {"lr": np.array([0.001, 0.003]), "gamma": 0.9}
+    full = engine.train(workload.data(None), "rmsprop", hyper, [2, 3], protocol, problem)
+    assert full.held_out.shape == (2, 4, len(workload.held_out_names))
+    for epochs in (1, 3):
+        part = engine.train(workload.data(None), "rmsprop", hyper, [2, 3], dataclasses.replace(protocol, epochs=epochs),
+                            problem)
+        host = workload.held_out_metrics(part.params)
+        for j, metric in enumerate(workload.held_out_names):
+            np.testing.assert_allclose(full.held_out[:, epochs - 1, j], host[metric], rtol=1e-6)
+    assert problems.get("mlp").held_out_names == () and problems.get("linreg").held_out_names == ()

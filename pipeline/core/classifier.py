@@ -48,7 +48,19 @@ class Classifier(Network):
 
     kind: ClassVar[str] = "network"
     has_split: ClassVar[bool] = True
+    held_out_names: ClassVar[tuple] = ("loss", "accuracy")  # what TrainResult.held_out holds at each record
     loss: ClassVar[str] = "softmax"
+
+    def loop(self, optimizer: str, n_features: int):
+        from pipeline.core import network
+
+        return network.compiled(optimizer, self.sizes(n_features), self.activation, self.loss, held_out=True)
+
+    def loop_data(self, dataset) -> tuple:
+        from pipeline.core.tfimport import tf
+
+        features, labels = split(self.source)["test"]
+        return (tf.constant(dataset.features), tf.constant(dataset.target), tf.constant(features), tf.constant(labels))
 
     def data(self, prepared):
         from pipeline.core.data import Dataset

@@ -79,10 +79,11 @@ def compiled(optimizer_name: str):
     opt = optimizers.get(optimizer_name)
 
     @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
-    def run(x, hessian, hessian64, mean64, floor64, batches, step_rows, record_end, n_records, seed_index, theta0,
-            hyper, lr_factor, schedule_index):
+    def run(x, hessian, hessian64, mean64, floor64, test_mean64, test_floor64, batches, step_rows, record_end,
+            n_records, seed_index, theta0, hyper, lr_factor, schedule_index):
         # x (N, D) training points; hessian (D, D) float32, symmetric; mean64 (D,), floor64 () the closed
-        # form's m and c; batches (T, S, B); theta0 (S, D); hyper name -> (K, 1)
+        # form's m and c on the training points, test_* on the test points; batches (T, S, B);
+        # theta0 (S, D); hyper name -> (K, 1)
         theta = tf.gather(theta0, seed_index)
         scheduled, step_of, effective_lr = schedules.hooks(opt, hyper, lr_factor, schedule_index)
         lanes = tf.range(tf.shape(batches)[2])
@@ -97,17 +98,21 @@ def compiled(optimizer_name: str):
             delta, state = opt.update(grads, state, scheduled(hyper, t))
             return t + 1, theta + step_of(delta, t), state
 
-        def segment(r, t, theta, state, losses, eff_lr):
-            t, theta, state = tf.while_loop(lambda t, *_: t < record_end[r], step, (t, theta, state))
-            v = tf.cast(theta, tf.float64) - mean64[None]
-            loss = 0.5 * tf.reduce_sum(v[:, :, None] * hessian64[None] * v[:, None, :], axis=[1, 2]) + floor64
-            lr_now = tf.broadcast_to(effective_lr(state, t - 1), tf.shape(theta))
-            return r + 1, t, theta, state, losses.write(r, loss), eff_lr.write(r, lr_now)
+        def loss_over(theta, mean, floor):  # 0.5 (theta - m)^T H (theta - m) + c, float64
+            v = tf.cast(theta, tf.float64) - mean[None]
+            return 0.5 * tf.reduce_sum(v[:, :, None] * hessian64[None] * v[:, None, :], axis=[1, 2]) + floor
 
-        records = (tf.TensorArray(tf.float64, size=n_records), tf.TensorArray(tf.float32, size=n_records))
-        _, _, theta, _, losses, eff_lr = tf.while_loop(
+        def segment(r, t, theta, state, losses, eff_lr, held):
+            t, theta, state = tf.while_loop(lambda t, *_: t < record_end[r], step, (t, theta, state))
+            lr_now = tf.broadcast_to(effective_lr(state, t - 1), tf.shape(theta))
+            return (r + 1, t, theta, state, losses.write(r, loss_over(theta, mean64, floor64)), eff_lr.write(r, lr_now),
+                    held.write(r, loss_over(theta, test_mean64, test_floor64)[:, None]))
+
+        records = (tf.TensorArray(tf.float64, size=n_records), tf.TensorArray(tf.float32, size=n_records),
+                   tf.TensorArray(tf.float64, size=n_records))
+        _, _, theta, _, losses, eff_lr, held = tf.while_loop(
             lambda r, *_: r < n_records, segment, (tf.constant(0), tf.constant(0), theta, opt.init(theta), *records))
-        return theta, losses.stack(), eff_lr.stack()
+        return theta, losses.stack(), eff_lr.stack(), held.stack()
 
     return run
 
@@ -123,6 +128,7 @@ class DeepQuadratic(Workload):
     activation_name: ClassVar[str] = "none"
     floor_words: ClassVar[str] = "closed-form"
     has_split: ClassVar[bool] = True
+    held_out_names: ClassVar[tuple] = ("loss",)  # what TrainResult.held_out holds at each record
 
     def held_out_metrics(self, theta: np.ndarray) -> dict:
         """The mean loss over DeepOBS's 1,000 test points, float64 (all of them: DeepOBS's own
@@ -175,9 +181,9 @@ class DeepQuadratic(Workload):
         from pipeline.core.tfimport import tf
 
         hessian = symmetric_hessian()
-        mean, floor = offset(dataset.features)
+        (mean, floor), (test_mean, test_floor) = offset(dataset.features), offset(instance()[2])
         return (tf.constant(dataset.features), tf.constant(hessian), tf.constant(hessian.astype(np.float64)),
-                tf.constant(mean), tf.constant(floor, tf.float64))
+                tf.constant(mean), tf.constant(floor, tf.float64), tf.constant(test_mean), tf.constant(test_floor, tf.float64))
 
     def starting_loss(self, dataset, seeds, protocol) -> np.ndarray:
         start = mean_loss(np.ones((1, dataset.features.shape[1])), dataset.features)

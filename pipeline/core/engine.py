@@ -31,6 +31,7 @@ class TrainResult(NamedTuple):
     params: np.ndarray  # (K, P) final parameters (w..., b)
     diverged: np.ndarray  # (K,) True where the run hit inf/NaN or blew up (see TrainParams.diverge_factor)
     initial_loss: np.ndarray  # (K,) the loss at the start of training: what a diverged run scores
+    held_out: np.ndarray = None  # (K, R, M) the workload's held_out_names at each record; M = 0 without a split
 
     def scored(self, objective: str = "final_loss") -> np.ndarray:
         """(K,) the objective under the one divergence rule: a diverged run scores its initial loss."""
@@ -44,7 +45,8 @@ class TrainResult(NamedTuple):
     def take(self, rows: slice) -> "TrainResult":
         """The runs in `rows`, as if trained on their own (rows never mix)."""
         return self._replace(losses=self.losses[rows], effective_lr=self.effective_lr[rows], params=self.params[rows],
-                             diverged=self.diverged[rows], initial_loss=self.initial_loss[rows])
+                             diverged=self.diverged[rows], initial_loss=self.initial_loss[rows],
+                             held_out=None if self.held_out is None else self.held_out[rows])
 
     def score(self, objective: str) -> np.ndarray:
         """(K,) a study objective per run: "final_loss", or "mean_loss" over the whole curve
@@ -142,12 +144,14 @@ def train(
     def call(first: int):
         """Rows first.. first + size, a short chunk padded with its own rows (they train and are dropped)."""
         pad = lambda a: np.resize(a[first:first + size], size)  # noqa: E731
-        theta, losses, eff_lr = run(*data, *shared, tf.constant(pad(seed_index.astype(np.int32))), tf.constant(theta0),
-                                    {name: tf.constant(pad(v)[:, None]) for name, v in values.items()},
-                                    tf.constant(lr_factor), tf.constant(pad(schedule_index)))
+        theta, losses, eff_lr, *held = run(*data, *shared, tf.constant(pad(seed_index.astype(np.int32))),
+                                           tf.constant(theta0), {name: tf.constant(pad(v)[:, None]) for name, v in values.items()},
+                                           tf.constant(lr_factor), tf.constant(pad(schedule_index)))
         kept = k - first
         eff_lr = workload.columns(eff_lr.numpy()[:, :kept], n_features)  # (records, rows, columns)
-        return theta.numpy()[:kept], losses.numpy().T[:kept], eff_lr.transpose(1, 0, 2)
+        # A workload with held-out data scores it in the loop at every record: (records, rows, metrics).
+        held = held[0].numpy()[:, :kept] if held else np.zeros((len(sched.examples), kept, 0))
+        return theta.numpy()[:kept], losses.numpy().T[:kept], eff_lr.transpose(1, 0, 2), held.transpose(1, 0, 2)
 
     starts, shape = list(range(0, k, size)), (run, size, batches.shape, lr_factor.shape, *(d.shape for d in data))
     # A new shape compiles in its first call: alone, not in every thread at once (each paid it in full).
@@ -155,11 +159,11 @@ def train(
     _RUN_SHAPES.add(shape)
     others = [_POOL.submit(call, start) for start in starts[1:]]
     outs += [call(start) for start in starts[:1]] + [f.result() for f in others]
-    theta, losses, eff_lr = (np.concatenate(part) for part in zip(*outs))
+    theta, losses, eff_lr, held = (np.concatenate(part) for part in zip(*outs))
     with np.errstate(invalid="ignore"):
         blew_up = (losses > protocol.diverge_factor * start[:, None]).any(axis=1)
     diverged = ~(np.isfinite(losses).all(axis=1) & np.isfinite(theta).all(axis=1)) | blew_up
-    return TrainResult(sched.examples, losses, eff_lr, theta, diverged, start)
+    return TrainResult(sched.examples, losses, eff_lr, theta, diverged, start, held)
 
 
 def train_groups(dataset: Dataset, optimizer: str, groups: list, protocol: TrainParams, problem: str) -> list:

@@ -110,8 +110,10 @@ def bands(rates: np.ndarray, spans: list) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def compiled(optimizer_name: str, sizes: tuple, activation: str, loss: str = "squared"):
-    """The loop: squared loss on one output, or ("softmax") cross-entropy on one output per class."""
+def compiled(optimizer_name: str, sizes: tuple, activation: str, loss: str = "squared", held_out: bool = False):
+    """The loop: squared loss on one output, or ("softmax") cross-entropy on one output per class.
+    held_out: the loop takes held-out rows after the training rows, (x, y, x_held, y_held, ...), and
+    records their loss and accuracy (a classifier's) at every record beside the training loss."""
     opt = optimizers.get(optimizer_name)
     act = tf.tanh if activation == "tanh" else tf.nn.relu
     shapes = list(zip(sizes[:-1], sizes[1:]))
@@ -129,17 +131,24 @@ def compiled(optimizer_name: str, sizes: tuple, activation: str, loss: str = "sq
                 h = act(h)
         return h, inputs
 
-    @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
-    def run(x, y, batches, step_rows, record_end, n_records, seed_index, theta0, hyper, lr_factor, schedule_index):
-        # x (n, F), y (n,); batches (T, S, B); seed_index (K,); theta0 (S, P); hyper name -> (K, 1)
-        # lr_factor (T, U) each schedule's factor per step; schedule_index (K,) each row's column
+    def scored(h, y):
+        """(K,) the loss of outputs h (K, n, outputs) against y, in float64."""
+        if loss == "squared":
+            return 0.5 * tf.reduce_mean(tf.square(tf.cast(h[..., 0], tf.float64) - tf.cast(y, tf.float64)), axis=1)
+        h64 = tf.cast(h, tf.float64)
+        picked = tf.reduce_sum(h64 * tf.one_hot(tf.cast(y, tf.int32), sizes[-1], dtype=tf.float64), axis=2)
+        return tf.reduce_mean(tf.reduce_logsumexp(h64, axis=2) - picked, axis=1)
+
+    def train(x, y, held, batches, step_rows, record_end, n_records, seed_index, theta0, hyper, lr_factor,
+              schedule_index):
+        # x (n, F), y (n,); held () or (x_held, y_held); batches (T, S, B); seed_index (K,); theta0 (S, P);
+        # hyper name -> (K, 1); lr_factor (T, U) each schedule's factor per step; schedule_index (K,) each row's column
         theta = tf.gather(theta0, seed_index)
         scheduled, step_of, effective_lr = schedules.hooks(opt, hyper, lr_factor, schedule_index)
         # Each weight and bias its own tensor with its own optimizer state: the optimizers are
         # elementwise, so this equals one flat vector bit for bit, without a slice and a concat per step.
         params = tuple(theta[:, a:b] for w0, b0, end in layer_slices(sizes) for a, b in ((w0, b0), (b0, end)))
         lanes = tf.range(tf.shape(batches)[2])
-        y64 = tf.cast(y, tf.float64)
 
         def step(t, params, states):
             rows = tf.gather(batches[t], seed_index)  # (K, B)
@@ -163,22 +172,25 @@ def compiled(optimizer_name: str, sizes: tuple, activation: str, loss: str = "sq
             updated = [opt.update(g, state, hyper_t) for g, state in zip(grads, states)]
             return t + 1, tuple(p + step_of(d, t) for p, (d, _) in zip(params, updated)), tuple(s for _, s in updated)
 
-        def segment(r, t, params, states, losses, eff_lr):
+        def segment(r, t, params, states, losses, eff_lr, *scores):
             t, params, states = tf.while_loop(lambda t, *_: t < record_end[r], step, (t, params, states))
-            h, _ = forward(x[None], params)
-            if loss == "squared":
-                value = 0.5 * tf.reduce_mean(tf.square(tf.cast(h[..., 0], tf.float64) - y64), axis=1)
-            else:
-                h64 = tf.cast(h, tf.float64)
-                picked = tf.reduce_sum(h64 * tf.one_hot(tf.cast(y, tf.int32), sizes[-1], dtype=tf.float64), axis=2)
-                value = tf.reduce_mean(tf.reduce_logsumexp(h64, axis=2) - picked, axis=1)
+            value = scored(forward(x[None], params)[0], y)
             rates = tf.concat([tf.broadcast_to(effective_lr(s, t - 1), tf.shape(p)) for s, p in zip(states, params)], 1)
-            return r + 1, t, params, states, losses.write(r, value), eff_lr.write(r, rates)
+            if held:  # the held-out rows' loss and accuracy, (K, 2)
+                h = forward(held[0][None], params)[0]
+                right = tf.cast(tf.equal(tf.argmax(h, axis=2, output_type=tf.int32), tf.cast(held[1], tf.int32)),
+                                tf.float64)
+                scores = (scores[0].write(r, tf.stack([scored(h, held[1]), tf.reduce_mean(right, axis=1)], axis=1)),)
+            return (r + 1, t, params, states, losses.write(r, value), eff_lr.write(r, rates), *scores)
 
-        records = (tf.TensorArray(tf.float64, size=n_records), tf.TensorArray(tf.float32, size=n_records))
+        records = (tf.TensorArray(tf.float64, size=n_records), tf.TensorArray(tf.float32, size=n_records),
+                   *([tf.TensorArray(tf.float64, size=n_records)] if held else []))
         states = tuple(opt.init(p) for p in params)
-        _, _, params, _, losses, eff_lr = tf.while_loop(
+        _, _, params, _, losses, eff_lr, *scores = tf.while_loop(
             lambda r, *_: r < n_records, segment, (tf.constant(0), tf.constant(0), params, states, *records))
-        return tf.concat(params, axis=1), losses.stack(), eff_lr.stack()
+        return (tf.concat(params, axis=1), losses.stack(), eff_lr.stack(), *(a.stack() for a in scores))
 
-    return run
+    options = dict(jit_compile=True, reduce_retracing=True, autograph=False)
+    if held_out:
+        return tf.function(lambda x, y, xh, yh, *rest: train(x, y, (xh, yh), *rest), **options)
+    return tf.function(lambda x, y, *rest: train(x, y, (), *rest), **options)

@@ -31,6 +31,7 @@ class Workload:
 
     floor_words: ClassVar[str] = ""  # a closed-form floor's name ("least-squares"); none for best_known
     has_split: ClassVar[bool] = False  # whether it holds out data to score the trained parameters on
+    held_out_names: ClassVar[tuple] = ()  # the held-out scores its loop records (TrainResult.held_out)
 
     def held_out_metrics(self, theta: np.ndarray) -> dict:
         """metric -> (K,) scores of the parameters on the held-out data (where has_split)."""

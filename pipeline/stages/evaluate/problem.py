@@ -115,7 +115,7 @@ def evaluate_problem(dataset: Dataset, params: Params, studies_dir: Path, out_di
         scores[name] = {family: r.scored() for family, r in runs[name].items()}
         start_losses.append(runs[name]["tuned"].initial_loss)
         for family, result in runs[name].items():
-            rows["curves"] += _curve_rows(family, name, seeds, result, floor)
+            rows["curves"] += _curve_rows(family, name, seeds, result, floor, problem.held_out_names)
             kept = ~result.diverged  # means over the seeds that did not diverge (all, unless one did)
             per_coord = result.effective_lr[kept].mean(axis=0) if kept.any() else result.effective_lr[0] * np.nan
             rows["coordinates"] += [{"family": family, "optimizer": name, "examples": int(x), "coordinate": c,
@@ -245,10 +245,13 @@ def _keras_runs(dataset, name, hyper, seeds, tuned, params, floor, curves: list)
     return float(np.nanmax(gaps)) if np.isfinite(gaps).any() else None
 
 
-def _curve_rows(family: str, optimizer: str, seeds, result: engine.TrainResult, floor: float) -> list:
+def _curve_rows(family: str, optimizer: str, seeds, result: engine.TrainResult, floor: float, held_out: tuple) -> list:
+    """Each seed's loss at each record, and where the workload has held-out data its scores there
+    (held_out_loss, held_out_accuracy)."""
     return [{"family": family, "optimizer": optimizer, "seed": int(seed), "examples": int(x), "loss": float(v),
-             "excess_loss": float(v - floor)}
-            for seed, losses in zip(seeds, result.losses) for x, v in zip(result.examples, losses)]
+             "excess_loss": float(v - floor), **{f"held_out_{m}": float(h[j]) for j, m in enumerate(held_out)}}
+            for seed, losses, held in zip(seeds, result.losses, result.held_out)
+            for x, v, h in zip(result.examples, losses, held)]
 
 
 def _reach_summary(reached: list, n_seeds: int) -> dict:
