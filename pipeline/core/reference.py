@@ -95,4 +95,5 @@ def train_eager(dataset: Dataset, problem: str, optimizer: str, hyper: dict, see
     theta = np.concatenate([w.numpy()[:, 0], b.numpy()])[None]
     losses = np.array([losses])
     diverged = ~np.isfinite(losses).all(axis=1)
-    return TrainResult(np.array(examples), losses, np.empty((1, len(examples), 0)), theta, diverged, np.array([start]))
+    return TrainResult(np.array(examples), losses, np.empty((1, len(examples), 0)), theta, diverged, np.array([start]),
+                       np.empty((1, len(examples), 0)))  # the linear model holds no data out

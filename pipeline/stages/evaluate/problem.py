@@ -239,7 +239,7 @@ def _keras_runs(dataset, name, hyper, seeds, tuned, params, floor, curves: list)
     keras = [reference.train_eager(dataset, params.problem, name, hyper, int(s), params.train, use_keras=True, book_loop=False)
              for s in seeds[: params.evaluate.framework_seeds]]
     for seed, k in zip(seeds, keras):
-        curves += _curve_rows("framework", name, [seed], k, floor)
+        curves += _curve_rows("framework", name, [seed], k, floor, ())
     with np.errstate(invalid="ignore"):
         gaps = [np.abs(k.losses[0] - tuned.losses[i]).max() for i, k in enumerate(keras)]
     return float(np.nanmax(gaps)) if np.isfinite(gaps).any() else None
