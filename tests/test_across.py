@@ -119,7 +119,7 @@ def test_the_profile_target_is_the_floor_band_or_the_best_tuned_median():
     from types import SimpleNamespace
 
     from pipeline.stages.evaluate import measures
-    convex = measures.target(SimpleNamespace(floor="least_squares"), 0.2, 0.01, {})
+    convex = measures.target(SimpleNamespace(floor="least_squares", floor_words="least-squares"), 0.2, 0.01, {})
     assert convex["value"] == pytest.approx(0.202, rel=1e-15)
     assert convex["rule"] == "within 1% of the least-squares floor"
     finals = {"sgd": [0.30, 0.31, 0.90, 0.32, 0.29],  # mean 0.424, median 0.31

@@ -63,4 +63,6 @@ def test_a_run_that_leaves_a_process_behind_fails_and_ends_it(tmp_path):
     assert result.returncode == 1, result.stdout[-2000:]
     assert "1 passed, 1 error" in result.stdout.splitlines()[-1]
     assert "the tests left 1 processes running: ['sleep 300']" in result.stdout
-    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "300"]]
+    left = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "300"]]
+    _, alive = psutil.wait_procs(left, timeout=10)  # SIGKILL sent as the session ended: give it time to land
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]

@@ -143,8 +143,9 @@ def test_random_search_on_a_known_distribution_and_a_grid_twice_as_fine():
 
 def test_sampler_repeats_are_reproducible_from_their_seeds(params, dataset):
     import dataclasses
-    p = dataclasses.replace(params, study=dataclasses.replace(params.study, n_trials=6, seeds_per_trial=1,
-                                                              optimizers=["rmsprop"]),
+    from pipeline.core import config
+    p = dataclasses.replace(config.for_problem(params, "linreg"),
+                            study=dataclasses.replace(params.study, n_trials=6, seeds_per_trial=1, optimizers=["rmsprop"]),
                             evaluate=dataclasses.replace(params.evaluate, sampler_repeats=2))
     first = samplers.compare(dataset, "rmsprop", p, penalty=0.6)
     assert first == samplers.compare(dataset, "rmsprop", p, penalty=0.6)
