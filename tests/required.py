@@ -32,8 +32,17 @@ def pytest_runtest_makereport(item, call):
 
 
 def owned_processes(owner: str) -> list:
-    """Pids of running processes (zombies aside) whose environment names this session."""
+    """Pids of running processes (zombies aside) this session started: its descendants, and any whose
+    environment names it (a server that left its parent's tree, a daemon, an orphan)."""
+    import psutil
+
     marker, found = f"{OWNER_ENV}={owner}".encode(), []
+    for child in psutil.Process(int(owner)).children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "from multiprocessing." not in " ".join(child.cmdline()):
+                found.append(child.pid)
+        except psutil.NoSuchProcess:
+            pass
     for entry in Path("/proc").glob("[0-9]*"):
         if int(entry.name) == os.getpid():
             continue
@@ -44,7 +53,7 @@ def owned_processes(owner: str) -> list:
                 found.append(int(entry.name))
         except (OSError, IndexError):
             continue  # ended while we looked, or not ours to read
-    return found
+    return sorted(set(found))
 
 
 def _command_line(pid: int) -> str:
