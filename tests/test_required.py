@@ -27,7 +27,8 @@ LEAVING = '''
 import subprocess
 
 def test_starts_a_server_and_forgets_it():
-    subprocess.Popen(["sleep", "300"])
+    with open("forgotten.pid", "w") as f:
+        f.write(str(subprocess.Popen(["sleep", "300"]).pid))
 '''
 
 
@@ -63,6 +64,12 @@ def test_a_run_that_leaves_a_process_behind_fails_and_ends_it(tmp_path):
     assert result.returncode == 1, result.stdout[-2000:]
     assert "1 passed, 1 error" in result.stdout.splitlines()[-1]
     assert "the tests left 1 processes running: ['sleep 300']" in result.stdout
-    left = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "300"]]
-    _, alive = psutil.wait_procs(left, timeout=10)  # SIGKILL sent as the session ended: give it time to land
-    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    pid = int((tmp_path / "forgotten.pid").read_text())  # that very process, not any `sleep 300` on the machine
+    try:
+        forgotten = psutil.Process(pid)
+        forgotten.wait(10)  # SIGKILL sent as the session ended: give it time to land
+    except psutil.NoSuchProcess:
+        return
+    except psutil.TimeoutExpired:
+        pass
+    assert not forgotten.is_running() or forgotten.status() == psutil.STATUS_ZOMBIE
